@@ -1,0 +1,200 @@
+// Package authz decides who is asking and which patient they may see: the
+// Authorizer interface and its kinds, the Principal they produce, patient
+// binding rules and the errors they report. The study token that binds a
+// WADO-RS address to one study and patient lives in authz/studytoken.
+package authz
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Principal is the caller as an Authorizer established it.
+type Principal struct {
+	// Patient is the FHIR logical id of the patient in context ("123").
+	// Empty only when Unrestricted is set.
+	Patient string
+	// PatientReference is the absolute reference used as ImagingStudy.subject
+	// ("https://ehr.example.org/fhir/Patient/123"), or "Patient/123" when the
+	// authorizer knows no FHIR base.
+	PatientReference string
+	// Unrestricted is set by routes configured with disable_authz_checks:
+	// no patient binding at all (open demos).
+	Unrestricted bool
+	// Scopes are the granted scopes.
+	Scopes []string
+	// ClientID is the OAuth client that obtained the token.
+	ClientID string
+	// User is the end user (fhirUser or sub), for audit.
+	User string
+	// Expires is when the access token expires (zero: unknown).
+	Expires time.Time
+	// TokenHash is a short, non-reversible hash of the access token, safe to
+	// log; empty when no token was presented.
+	TokenHash string
+}
+
+// Authorizer establishes the Principal behind a request.
+type Authorizer interface {
+	// Authorize checks the request's credentials. Failures are *Error.
+	Authorize(r *http.Request) (*Principal, error)
+	// PatientKeys returns the PACS PatientID values (MRNs) of the
+	// principal's patient. Failures are *Error.
+	PatientKeys(ctx context.Context, p *Principal) ([]string, error)
+}
+
+// Error is an authorization failure with the status the client should see.
+type Error struct {
+	// Status is 401, 403, 502, 503 or 504.
+	Status int
+	// Code is the FHIR issue code ("login", "forbidden", "security",
+	// "transient", "timeout").
+	Code string
+	// Message explains the refusal without echoing secrets.
+	Message string
+	// Challenge is the WWW-Authenticate value for a 401 or a 403
+	// insufficient_scope.
+	Challenge string
+	// RetryAfter, when set, becomes a Retry-After header (503).
+	RetryAfter time.Duration
+	// Err is the underlying cause, for logs.
+	Err error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %v", e.Message, e.Err)
+	}
+	return e.Message
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Unauthorized is a 401 for a missing or invalid token.
+func Unauthorized(msg string, cause error) *Error {
+	return &Error{Status: http.StatusUnauthorized, Code: "login", Message: msg, Err: cause,
+		Challenge: `Bearer error="invalid_token", error_description="` + sanitizeHeader(msg) + `"`}
+}
+
+// Forbidden is a 403 for a caller who may not see what it asked for.
+func Forbidden(msg string) *Error {
+	return &Error{Status: http.StatusForbidden, Code: "forbidden", Message: msg}
+}
+
+func sanitizeHeader(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '"' || r == '\\' || r < 0x20 || r > 0x7e {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// HashToken returns a short hex digest of a token, safe for logs and cache
+// keys shown to operators.
+func HashToken(token string) string {
+	if token == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:6])
+}
+
+// BearerToken extracts the bearer token from the Authorization header ("" if
+// there is none). The scheme is case-insensitive (RFC 6750 / RFC 9110).
+func BearerToken(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if len(h) < 7 || !strings.EqualFold(h[:7], "bearer ") {
+		return ""
+	}
+	return strings.TrimSpace(h[7:])
+}
+
+// PatientIDFromReference reduces "123", "Patient/123" or
+// "https://ehr/fhir/Patient/123" to "123". fhirBase, when given, must prefix
+// an absolute reference. It reports false for anything else (another
+// resource type, a different server, an empty id).
+func PatientIDFromReference(ref, fhirBase string) (string, bool) {
+	ref = strings.TrimSpace(ref)
+	if strings.Contains(ref, "://") {
+		if fhirBase == "" {
+			return "", false
+		}
+		base := strings.TrimRight(fhirBase, "/") + "/"
+		if !strings.HasPrefix(ref, base) {
+			return "", false
+		}
+		ref = strings.TrimPrefix(ref, base)
+	}
+	ref = strings.TrimPrefix(ref, "Patient/")
+	if ref == "" || strings.ContainsAny(ref, "/?#,*") || len(ref) > 64 {
+		return "", false
+	}
+	return ref, true
+}
+
+// CheckPatientParam enforces patient binding on a search parameter value:
+// it must name the principal's patient. fhirBase is the EHR FHIR base for
+// absolute references ("" if unknown).
+func CheckPatientParam(p *Principal, value, fhirBase string) error {
+	if p.Unrestricted {
+		return nil
+	}
+	id, ok := PatientIDFromReference(value, fhirBase)
+	if !ok || id != p.Patient || p.Patient == "" {
+		return Forbidden("the patient in the request is not the patient this access token is bound to")
+	}
+	return nil
+}
+
+// HasScope reports whether any of the granted scopes satisfies want, where
+// want is a resource type that needs patient-level read ("ImagingStudy").
+// SMART v1 (.read, .*) and v2 (.rs, .r, .cruds …) forms are both accepted.
+func HasPatientReadScope(scopes []string, resource string) bool {
+	for _, s := range scopes {
+		ctx, rest, ok := strings.Cut(s, "/")
+		if !ok || ctx != "patient" {
+			continue
+		}
+		res, perm, ok := strings.Cut(rest, ".")
+		if !ok || (res != resource && res != "*") {
+			continue
+		}
+		if q := strings.IndexByte(perm, '?'); q >= 0 {
+			// v2 scopes may carry query restrictions; we cannot honour them,
+			// so such a scope does not grant unrestricted reads.
+			continue
+		}
+		switch perm {
+		case "read", "*":
+			return true
+		}
+		if isV2Perm(perm) && strings.Contains(perm, "r") && strings.Contains(perm, "s") {
+			return true
+		}
+	}
+	return false
+}
+
+// isV2Perm reports whether perm is a SMART v2 permission string: letters of
+// "cruds" in that order, each at most once.
+func isV2Perm(perm string) bool {
+	if perm == "" {
+		return false
+	}
+	order := "cruds"
+	last := -1
+	for i := 0; i < len(perm); i++ {
+		j := strings.IndexByte(order, perm[i])
+		if j <= last {
+			return false
+		}
+		last = j
+	}
+	return true
+}

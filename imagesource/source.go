@@ -1,0 +1,123 @@
+// Package imagesource says where images come from: the Source interface that
+// every image back end implements (a folder of Part 10 files, a DICOMweb
+// PACS), the lookup modes that decide which studies a search may see, and the
+// errors a source reports.
+package imagesource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
+	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
+)
+
+// Lookup names how a route finds the studies a search may return.
+type Lookup string
+
+const (
+	// LookupStudiesByMRN returns only the studies whose PatientID equals one
+	// of the caller's PACS keys exactly.
+	LookupStudiesByMRN Lookup = "studies-by-mrn"
+	// LookupAllStudies returns every study the source holds (open demos).
+	LookupAllStudies Lookup = "all-studies"
+)
+
+// ParseLookup checks a lookup mode name.
+func ParseLookup(s string) (Lookup, error) {
+	switch Lookup(s) {
+	case LookupStudiesByMRN, LookupAllStudies:
+		return Lookup(s), nil
+	}
+	return "", fmt.Errorf("unknown lookup mode %q (use %q or %q)", s, LookupStudiesByMRN, LookupAllStudies)
+}
+
+// Query asks a source for studies.
+type Query struct {
+	// All lists every study; PatientIDs is then ignored.
+	All bool
+	// PatientIDs are exact PACS PatientID values (already checked by
+	// CheckPatientKey). A study matches when its PatientID equals one of them.
+	PatientIDs []string
+	// StudyUIDs, when not empty, restricts the answer to these studies.
+	StudyUIDs []string
+}
+
+// Study is one study as a source found it.
+type Study struct {
+	// Attributes are the study-level attributes (a QIDO-RS study result).
+	Attributes dicomjson.Dataset
+	// Series are the study's series, each with its own attributes.
+	Series []Series
+}
+
+// Series is one series of a Study.
+type Series struct {
+	// Attributes are the series-level attributes (a QIDO-RS series result).
+	Attributes dicomjson.Dataset
+	// Instances are instance-level attributes when the source lists them
+	// cheaply; nil otherwise.
+	Instances []dicomjson.Dataset
+}
+
+// Retrieval is one validated WADO-RS request for a study the caller may see.
+type Retrieval struct {
+	// Path is the parsed, allow-listed DICOMweb path.
+	Path wadopath.Path
+	// PublicBase is the gateway URL that stands for the source's DICOMweb
+	// root for this study token (".../wado/{token}"); URLs in answers
+	// (BulkDataURI, RetrieveURL, Content-Location) are rewritten onto it.
+	PublicBase string
+}
+
+// Source is an image back end.
+type Source interface {
+	// FindStudies returns the studies matching q, each checked again by the
+	// source for an exact PatientID match when q.All is false.
+	FindStudies(ctx context.Context, q Query) ([]Study, error)
+	// Retrieve answers a WADO-RS request. It writes the answer to w or
+	// returns an *Error before writing anything.
+	Retrieve(w http.ResponseWriter, r *http.Request, req Retrieval) error
+}
+
+// Error is a failure a source reports, carrying the HTTP status the client
+// should see.
+type Error struct {
+	// Status is the HTTP status: 400, 404, 406 for the request; 502, 503, 504
+	// for the upstream.
+	Status int
+	// Code is the FHIR OperationOutcome issue code ("not-found",
+	// "not-supported", "transient", "timeout", "exception", …).
+	Code string
+	// Message says what went wrong in words a client developer understands.
+	// It never holds credentials.
+	Message string
+	// RetryAfter, when set, becomes a Retry-After header (503).
+	RetryAfter time.Duration
+	// Err is the underlying cause, for logs.
+	Err error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %v", e.Message, e.Err)
+	}
+	return e.Message
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Errorf builds an *Error with a formatted message.
+func Errorf(status int, code, format string, args ...any) *Error {
+	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// AsError finds an *Error in err's chain.
+func AsError(err error) (*Error, bool) {
+	var e *Error
+	ok := errors.As(err, &e)
+	return e, ok
+}
