@@ -1,0 +1,135 @@
+package caddymodule
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/smart-imaging/smart_imaging/authz"
+	"github.com/smart-imaging/smart_imaging/authz/mock"
+)
+
+func init() {
+	caddy.RegisterModule(MockAuthz{})
+}
+
+// MockAuthz is the "mock" authorizer: a fixed patient context for demos and
+// tests, with no EHR. Any request is accepted as that patient; with
+// disable_authz_checks there is no patient binding at all.
+type MockAuthz struct {
+	mock.Config
+
+	impl *mock.Authorizer
+	base string
+}
+
+// CaddyModule returns the Caddy module information.
+func (MockAuthz) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.smart_imaging.authz.mock",
+		New: func() caddy.Module { return new(MockAuthz) },
+	}
+}
+
+// Provision builds the authorizer.
+func (m *MockAuthz) Provision(ctx caddy.Context) error {
+	repl := caddy.NewReplacer()
+	cfg := m.Config
+	cfg.Patient = repl.ReplaceAll(cfg.Patient, "")
+	cfg.FHIRBaseURL = repl.ReplaceAll(cfg.FHIRBaseURL, "")
+	cfg.MRN = append([]string(nil), cfg.MRN...)
+	for i := range cfg.MRN {
+		cfg.MRN[i] = repl.ReplaceAll(cfg.MRN[i], "")
+	}
+	impl, err := mock.New(cfg)
+	if err != nil {
+		return fmt.Errorf("authz mock: %w", err)
+	}
+	m.impl, m.base = impl, cfg.FHIRBaseURL
+	return nil
+}
+
+// Authorize implements authz.Authorizer.
+func (m *MockAuthz) Authorize(r *http.Request) (*authz.Principal, error) {
+	return m.impl.Authorize(r)
+}
+
+// PatientKeys implements authz.Authorizer.
+func (m *MockAuthz) PatientKeys(ctx context.Context, p *authz.Principal) ([]string, error) {
+	return m.impl.PatientKeys(ctx, p)
+}
+
+// Unrestricted reports whether patient binding is disabled.
+func (m *MockAuthz) Unrestricted() bool { return m.DisableAuthzChecks }
+
+// EHRBaseURL is the configured EHR FHIR base, if any.
+func (m *MockAuthz) EHRBaseURL() string { return m.base }
+
+// UnmarshalCaddyfile reads:
+//
+//	authz mock {
+//		patient <id>
+//		mrn <pacs patient id>...
+//		fhir_base_url <url>
+//		scopes <scope>...
+//		disable_authz_checks
+//	}
+func (m *MockAuthz) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // "mock"
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "patient":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			m.Patient = d.Val()
+			// Allow "patient <id> mrn <mrn>" on one line, as in the demo.
+			for d.NextArg() {
+				if d.Val() != "mrn" {
+					return d.Errf("unexpected '%s' after patient id (did you mean 'mrn'?)", d.Val())
+				}
+				m.MRN = append(m.MRN, d.RemainingArgs()...)
+				if len(m.MRN) == 0 {
+					return d.ArgErr()
+				}
+			}
+		case "mrn":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			m.MRN = append(m.MRN, args...)
+		case "fhir_base_url":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			m.FHIRBaseURL = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "scopes":
+			m.Scopes = append(m.Scopes, d.RemainingArgs()...)
+		case "disable_authz_checks":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			m.DisableAuthzChecks = true
+		default:
+			return d.Errf("unrecognized authz mock option '%s' (known: patient, mrn, fhir_base_url, scopes, disable_authz_checks)", d.Val())
+		}
+	}
+	return nil
+}
+
+// Interface guards.
+var (
+	_ AuthzModule           = (*MockAuthz)(nil)
+	_ caddy.Provisioner     = (*MockAuthz)(nil)
+	_ caddyfile.Unmarshaler = (*MockAuthz)(nil)
+)

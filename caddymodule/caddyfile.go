@@ -1,0 +1,132 @@
+package caddymodule
+
+import (
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("smart_imaging", parseCaddyfile)
+	// Terminal, like reverse_proxy: it answers everything under its route.
+	httpcaddyfile.RegisterDirectiveOrder("smart_imaging", httpcaddyfile.Before, "reverse_proxy")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	var m Handler
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return &m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	smart_imaging [<matcher>] {
+//		authz mock {
+//			patient <id>
+//			mrn <pacs patient id>...
+//			fhir_base_url <url>
+//			disable_authz_checks
+//		}
+//		authz smart-on-fhir { … }
+//
+//		images folder <dir> {
+//			lookup studies-by-mrn|all-studies
+//		}
+//		images dicomweb <base url> { … }
+//
+//		study_token_key <base64 32 bytes> [<previous key>...]
+//		study_token_ttl <duration>
+//		base_url <public url of this route>
+//		route_id <name>
+//		cors <origin>...|*
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	var warnings []caddyconfig.Warning
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "authz":
+			if h.AuthzRaw != nil {
+				return d.Err("authz is already set for this route")
+			}
+			if !d.NextArg() {
+				return d.Errf("authz needs a kind: mock or smart-on-fhir")
+			}
+			kind := d.Val()
+			mod, err := caddyfile.UnmarshalModule(d, "http.handlers.smart_imaging.authz."+kind)
+			if err != nil {
+				return d.Errf("authz %s: %v", kind, err)
+			}
+			h.AuthzRaw = caddyconfig.JSONModuleObject(mod, "kind", kind, &warnings)
+		case "images":
+			if h.ImagesRaw != nil {
+				return d.Err("images is already set for this route")
+			}
+			if !d.NextArg() {
+				return d.Errf("images needs a kind: folder or dicomweb")
+			}
+			kind := d.Val()
+			mod, err := caddyfile.UnmarshalModule(d, "http.handlers.smart_imaging.images."+kind)
+			if err != nil {
+				return d.Errf("images %s: %v", kind, err)
+			}
+			h.ImagesRaw = caddyconfig.JSONModuleObject(mod, "kind", kind, &warnings)
+		case "study_token_key":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			h.StudyTokenKey, h.StudyTokenPreviousKeys = args[0], args[1:]
+		case "study_token_ttl":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil {
+				return d.Errf("study_token_ttl: %v", err)
+			}
+			h.StudyTokenTTL = caddy.Duration(dur)
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "base_url":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.BaseURL = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "route_id":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.RouteID = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "cors":
+			origins := d.RemainingArgs()
+			if len(origins) == 0 {
+				return d.Err("cors needs at least one origin (https://viewer.example.org) or *")
+			}
+			for _, o := range origins {
+				if !validOrigin(o) {
+					return d.Errf("cors: %q is not an origin; use scheme://host[:port] or *", o)
+				}
+			}
+			h.CORS = append(h.CORS, origins...)
+		default:
+			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, base_url, route_id, cors)", d.Val())
+		}
+	}
+	return nil
+}
+
+// Interface guard.
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

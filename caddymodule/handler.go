@@ -1,0 +1,335 @@
+// Package caddymodule is the Caddy glue of smart_imaging: module
+// registration, Caddyfile parsing, the Provision/Validate/Cleanup life cycle
+// and request routing. The authorization, DICOM and FHIR logic lives in
+// authz/, imagesource/ and internal/fhir; this package wires them to Caddy.
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/smart-imaging/smart_imaging/authz"
+	"github.com/smart-imaging/smart_imaging/authz/studytoken"
+	"github.com/smart-imaging/smart_imaging/imagesource"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler is the smart_imaging HTTP handler: a SMART Imaging Access server
+// for one route (tenant). It answers FHIR ImagingStudy searches under
+// /fhir/ and WADO-RS retrieves under /wado/{studyToken}/, relative to the
+// route's stripped prefix.
+type Handler struct {
+	// Authz says how callers are authorized: a module in the
+	// http.handlers.smart_imaging.authz namespace, chosen by "kind"
+	// ("mock", "smart-on-fhir").
+	AuthzRaw json.RawMessage `json:"authz,omitempty" caddy:"namespace=http.handlers.smart_imaging.authz inline_key=kind"`
+
+	// Images says where studies come from: a module in the
+	// http.handlers.smart_imaging.images namespace, chosen by "kind"
+	// ("folder", "dicomweb").
+	ImagesRaw json.RawMessage `json:"images,omitempty" caddy:"namespace=http.handlers.smart_imaging.images inline_key=kind"`
+
+	// StudyTokenKey is the base64 encoding of the 32-byte key that encrypts
+	// study tokens. Placeholders such as {env.SMART_IMAGING_KEY} are
+	// resolved at start. Every replica serving the same route needs the same
+	// key. Empty: a random key per process (tokens die on restart).
+	StudyTokenKey string `json:"study_token_key,omitempty"`
+
+	// StudyTokenPreviousKeys are older keys that still open tokens during a
+	// key rotation. New tokens always use StudyTokenKey.
+	StudyTokenPreviousKeys []string `json:"study_token_previous_keys,omitempty"`
+
+	// StudyTokenTTL is how long a study token stays valid. Default 1h. A
+	// token never outlives the access token it was issued for, when that
+	// token's expiry is known.
+	StudyTokenTTL caddy.Duration `json:"study_token_ttl,omitempty"`
+
+	// BaseURL is the public URL of this route (scheme, host and prefix, e.g.
+	// https://imaging.example.org/ehr). Empty: derived from each request
+	// (its scheme, Host and the prefix handle_path stripped).
+	BaseURL string `json:"base_url,omitempty"`
+
+	// RouteID names the route inside study tokens, so a token minted for one
+	// route opens on no other. Empty: the route's path prefix.
+	RouteID string `json:"route_id,omitempty"`
+
+	// CORS lists the origins browser apps may call from
+	// ("https://viewer.example.org"), or "*" for any (open demos only).
+	// Applies to FHIR and WADO alike; preflights are answered without a
+	// token.
+	CORS []string `json:"cors,omitempty"`
+
+	authorizer authz.Authorizer
+	source     imagesource.Source
+	lookup     imagesource.Lookup
+	keys       *studytoken.Keyring
+	ttl        time.Duration
+	baseURL    *url.URL
+	cors       *corsPolicy
+	logger     *zap.Logger
+	audit      *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.smart_imaging",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// AuthzModule is implemented by the guest modules of the
+// http.handlers.smart_imaging.authz namespace.
+type AuthzModule interface {
+	caddy.Module
+	authz.Authorizer
+}
+
+// ImagesModule is implemented by the guest modules of the
+// http.handlers.smart_imaging.images namespace.
+type ImagesModule interface {
+	caddy.Module
+	imagesource.Source
+	// LookupMode is how the route finds a patient's studies.
+	LookupMode() imagesource.Lookup
+}
+
+// unrestricter is implemented by authorizers that can disable patient
+// binding (authz mock with disable_authz_checks).
+type unrestricter interface{ Unrestricted() bool }
+
+// fhirBaser is implemented by authorizers that know the EHR's FHIR base, so
+// absolute patient references can be matched.
+type fhirBaser interface{ EHRBaseURL() string }
+
+// Provision sets up the handler. It does no network I/O: caddy validate runs
+// it too.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.audit = h.logger.Named("audit")
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	for _, o := range h.CORS {
+		if !validOrigin(o) {
+			return fmt.Errorf("cors: %q is not an origin; use scheme://host[:port] or *", o)
+		}
+	}
+	h.cors = newCORSPolicy(h.CORS)
+
+	if h.AuthzRaw == nil {
+		return errors.New("authz: missing; add an 'authz mock { … }' or 'authz smart-on-fhir { … }' block")
+	}
+	mod, err := ctx.LoadModule(h, "AuthzRaw")
+	if err != nil {
+		return fmt.Errorf("loading authz module: %w", err)
+	}
+	az, ok := mod.(AuthzModule)
+	if !ok {
+		return fmt.Errorf("authz module %T does not implement authz.Authorizer", mod)
+	}
+	h.authorizer = az
+
+	if h.ImagesRaw == nil {
+		return errors.New("images: missing; add an 'images folder <dir>' or 'images dicomweb <url>' block")
+	}
+	mod, err = ctx.LoadModule(h, "ImagesRaw")
+	if err != nil {
+		return fmt.Errorf("loading images module: %w", err)
+	}
+	im, ok := mod.(ImagesModule)
+	if !ok {
+		return fmt.Errorf("images module %T does not implement imagesource.Source", mod)
+	}
+	h.source = im
+	h.lookup = im.LookupMode()
+	if h.lookup == "" {
+		h.lookup = imagesource.LookupStudiesByMRN
+	}
+	if h.lookup == imagesource.LookupAllStudies && !h.unrestricted() {
+		return errors.New("images: lookup all-studies returns every patient's studies; use it only with 'authz mock { disable_authz_checks }', or use lookup studies-by-mrn")
+	}
+
+	if err := h.provisionKeys(); err != nil {
+		return err
+	}
+	h.ttl = time.Duration(h.StudyTokenTTL)
+	if h.ttl == 0 {
+		h.ttl = time.Hour
+	}
+	if h.BaseURL != "" {
+		repl := caddy.NewReplacer()
+		raw, err := repl.ReplaceOrErr(h.BaseURL, true, true)
+		if err != nil {
+			return fmt.Errorf("base_url: %w", err)
+		}
+		u, err := url.Parse(strings.TrimRight(raw, "/"))
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			return fmt.Errorf("base_url %q: want an absolute http(s) URL such as https://imaging.example.org/ehr", raw)
+		}
+		h.baseURL = u
+	}
+	return nil
+}
+
+func (h *Handler) provisionKeys() error {
+	repl := caddy.NewReplacer()
+	if h.StudyTokenKey == "" {
+		if len(h.StudyTokenPreviousKeys) > 0 {
+			return errors.New("study_token_key: previous keys are set but the current key is missing")
+		}
+		kr, err := studytoken.RandomKeyring()
+		if err != nil {
+			return fmt.Errorf("study_token_key: %w", err)
+		}
+		h.keys = kr
+		h.logger.Warn("study_token_key is not set: using a random key for this process; study tokens will not survive a restart and replicas will not share them")
+		return nil
+	}
+	decode := func(raw string) ([]byte, error) {
+		s, err := repl.ReplaceOrErr(raw, true, true)
+		if err != nil {
+			return nil, err
+		}
+		return studytoken.ParseKey(s)
+	}
+	current, err := decode(h.StudyTokenKey)
+	if err != nil {
+		return fmt.Errorf("study_token_key: %w", err)
+	}
+	var previous [][]byte
+	for i, raw := range h.StudyTokenPreviousKeys {
+		k, err := decode(raw)
+		if err != nil {
+			return fmt.Errorf("study_token_key: previous key %d: %w", i+1, err)
+		}
+		previous = append(previous, k)
+	}
+	h.keys, err = studytoken.NewKeyring(current, previous...)
+	if err != nil {
+		return fmt.Errorf("study_token_key: %w", err)
+	}
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if h.StudyTokenTTL < 0 {
+		return errors.New("study_token_ttl must be positive")
+	}
+	if time.Duration(h.StudyTokenTTL) > 24*time.Hour {
+		return errors.New("study_token_ttl must be at most 24h: study tokens are credentials")
+	}
+	return nil
+}
+
+func (h *Handler) unrestricted() bool {
+	u, ok := h.authorizer.(unrestricter)
+	return ok && u.Unrestricted()
+}
+
+func (h *Handler) fhirBase() string {
+	if b, ok := h.authorizer.(fhirBaser); ok {
+		return b.EHRBaseURL()
+	}
+	return ""
+}
+
+// ServeHTTP routes a request under the route prefix.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.cors.apply(w, r) {
+		return nil
+	}
+	if _, ok := routePrefix(r); !ok {
+		return h.fail(w, r, &problem{Status: http.StatusBadRequest, Code: "invalid",
+			Message: "the request path is not canonical (dot segments or repeated slashes)"})
+	}
+	path := r.URL.EscapedPath()
+	switch {
+	case path == "/fhir/metadata":
+		return h.serveMetadata(w, r)
+	case path == "/fhir/.well-known/smart-configuration":
+		return h.serveSMARTConfiguration(w, r)
+	case path == "/fhir/ImagingStudy" || path == "/fhir/ImagingStudy/_search":
+		return h.serveSearch(w, r)
+	case strings.HasPrefix(path, "/wado/"):
+		return h.serveWADO(w, r, strings.TrimPrefix(path, "/wado/"))
+	}
+	return h.fail(w, r, &problem{Status: http.StatusNotFound, Code: "not-found",
+		Message: "no such resource: this route serves /fhir/metadata, /fhir/ImagingStudy and /wado/{token}/studies/…"})
+}
+
+// publicBase is the public URL of the route: base_url, or the scheme, host
+// and stripped prefix of the original request.
+func (h *Handler) publicBase(r *http.Request) string {
+	if h.baseURL != nil {
+		return h.baseURL.String()
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	prefix, _ := routePrefix(r)
+	return scheme + "://" + r.Host + prefix
+}
+
+// routePrefix is the part of the original path that a handle_path (or
+// uri strip_prefix) removed before this handler ran. It reports false when
+// the original path does not end with the current one (Caddy cleaned dot
+// segments or doubled slashes away): such a request is refused rather than
+// guessed at.
+func routePrefix(r *http.Request) (string, bool) {
+	orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request)
+	if !ok || orig.URL == nil {
+		return "", true
+	}
+	op, cp := orig.URL.EscapedPath(), r.URL.EscapedPath()
+	if !strings.HasSuffix(op, cp) {
+		return "", false
+	}
+	return strings.TrimRight(op[:len(op)-len(cp)], "/"), true
+}
+
+// route names the route in study tokens.
+func (h *Handler) route(r *http.Request) string {
+	if h.RouteID != "" {
+		return h.RouteID
+	}
+	if p, ok := routePrefix(r); ok && p != "" {
+		return p
+	} else if !ok {
+		return "(non-canonical path)"
+	}
+	return "/"
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)
+
+// authorize runs the authorizer and records the caller for the audit line
+// and the access log.
+func (h *Handler) authorize(r *http.Request) (*authz.Principal, error) {
+	start := time.Now()
+	p, err := h.authorizer.Authorize(r)
+	metricAuthzDuration.WithLabelValues(h.route(r)).Observe(time.Since(start).Seconds())
+	if err == nil {
+		setPrincipal(r, p)
+	}
+	return p, err
+}
