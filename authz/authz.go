@@ -117,8 +117,9 @@ func BearerToken(r *http.Request) string {
 
 // PatientIDFromReference reduces "123", "Patient/123" or
 // "https://ehr/fhir/Patient/123" to "123". fhirBase, when given, must prefix
-// an absolute reference. It reports false for anything else (another
-// resource type, a different server, an empty id).
+// an absolute reference, and "Patient/" must follow it. It reports false for
+// anything else (another resource type, a different server, an empty id, an
+// id that is not a FHIR id).
 func PatientIDFromReference(ref, fhirBase string) (string, bool) {
 	ref = strings.TrimSpace(ref)
 	if strings.Contains(ref, "://") {
@@ -126,16 +127,31 @@ func PatientIDFromReference(ref, fhirBase string) (string, bool) {
 			return "", false
 		}
 		base := strings.TrimRight(fhirBase, "/") + "/"
-		if !strings.HasPrefix(ref, base) {
+		if !strings.HasPrefix(ref, base+"Patient/") {
 			return "", false
 		}
 		ref = strings.TrimPrefix(ref, base)
 	}
 	ref = strings.TrimPrefix(ref, "Patient/")
-	if ref == "" || strings.ContainsAny(ref, "/?#,*") || len(ref) > 64 {
+	if !isFHIRID(ref) {
 		return "", false
 	}
 	return ref, true
+}
+
+// isFHIRID reports whether s is a FHIR id ([A-Za-z0-9\-\.]{1,64}) that is
+// also safe as a URL path segment (not "." or "..").
+func isFHIRID(s string) bool {
+	if s == "" || len(s) > 64 || strings.Trim(s, ".") == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // CheckPatientParam enforces patient binding on a search parameter value:
@@ -152,9 +168,10 @@ func CheckPatientParam(p *Principal, value, fhirBase string) error {
 	return nil
 }
 
-// HasScope reports whether any of the granted scopes satisfies want, where
-// want is a resource type that needs patient-level read ("ImagingStudy").
-// SMART v1 (.read, .*) and v2 (.rs, .r, .cruds …) forms are both accepted.
+// HasPatientReadScope reports whether any of the granted scopes allows
+// patient-level read and search of resource ("ImagingStudy"), directly or
+// through "*". SMART v1 (.read, .*) and v2 forms granting both r and s (.rs,
+// .cruds …) are accepted; v2 scopes with query restrictions are not.
 func HasPatientReadScope(scopes []string, resource string) bool {
 	for _, s := range scopes {
 		ctx, rest, ok := strings.Cut(s, "/")
