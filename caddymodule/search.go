@@ -3,7 +3,12 @@ package caddymodule
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"maps"
 	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/smart-imaging/smart_imaging/authz"
@@ -27,37 +32,26 @@ func (h *Handler) serveSearch(w http.ResponseWriter, r *http.Request) error {
 			return h.fail(w, r, err)
 		}
 
-		query := r.URL.Query()
-		patientParams := append(query["patient"], query["subject"]...)
-		if !p.Unrestricted {
-			if len(patientParams) == 0 {
-				return h.fail(w, r, authz.Forbidden("this route needs ?patient= naming the patient in context"))
-			}
+		strict := preferStrict(r)
+		sp, err := fhir.ParseSearch(r.URL.Query(), strict)
+		if err != nil {
+			return h.fail(w, r, &problem{Status: http.StatusBadRequest, Code: "invalid", Message: err.Error()})
 		}
-		for _, v := range patientParams {
+		if !p.Unrestricted && len(sp.Patients) == 0 && len(sp.PatientIdentifiers) == 0 {
+			return h.fail(w, r, authz.Forbidden("this route needs ?patient= naming the patient in context"))
+		}
+		for _, v := range sp.Patients {
 			if err := authz.CheckPatientParam(p, v, h.fhirBase()); err != nil {
 				return h.fail(w, r, err)
 			}
 		}
-
-		q := imagesource.Query{}
-		switch h.lookup {
-		case imagesource.LookupAllStudies:
-			q.All = true
-		default:
-			keys, err := h.authorizer.PatientKeys(r.Context(), p)
-			if err != nil {
-				return h.fail(w, r, err)
-			}
-			for _, k := range keys {
-				if err := imagesource.CheckPatientKey(k); err != nil {
-					return h.fail(w, r, authz.Forbidden("the patient's PACS key is unusable: "+err.Error()))
-				}
-			}
-			if len(keys) == 0 {
-				return h.fail(w, r, authz.Forbidden("the patient has no identifier usable as a PACS key"))
-			}
-			q.PatientIDs = keys
+		q, err := h.studyQuery(r, p, sp)
+		if err != nil {
+			return h.fail(w, r, err)
+		}
+		if sp.IdentifierGiven && len(sp.StudyUIDs) == 0 {
+			// identifier named only other systems: nothing can match.
+			return h.writeBundle(w, r, p, sp, nil)
 		}
 
 		start := time.Now()
@@ -66,16 +60,143 @@ func (h *Handler) serveSearch(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return h.fail(w, r, err)
 		}
-		auditFrom(r).studies = len(studies)
-
-		bundle, err := h.searchBundle(r, p, studies)
-		if err != nil {
-			return h.fail(w, r, err)
-		}
-		w.Header().Set("Cache-Control", "no-store")
-		fhir.WriteJSON(w, http.StatusOK, bundle)
-		return nil
+		return h.writeBundle(w, r, p, sp, studies)
 	})
+}
+
+// preferStrict reports Prefer: handling=strict.
+func preferStrict(r *http.Request) bool {
+	for _, v := range r.Header.Values("Prefer") {
+		for _, part := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.ReplaceAll(strings.TrimSpace(part), " ", ""), "handling=strict") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// studyQuery turns the caller and the search into a source query: which
+// PACS keys (or all studies) and which study UIDs.
+func (h *Handler) studyQuery(r *http.Request, p *authz.Principal, sp fhir.Search) (imagesource.Query, error) {
+	q := imagesource.Query{StudyUIDs: sp.StudyUIDs}
+	var keys []string
+	if !p.Unrestricted || h.lookup == imagesource.LookupStudiesByMRN && len(sp.PatientIdentifiers) == 0 {
+		if h.lookup == imagesource.LookupAllStudies {
+			// Provision refuses this combination; never widen access.
+			return q, authz.Forbidden("lookup all-studies needs an unrestricted route")
+		}
+		var err error
+		keys, err = h.authorizer.PatientKeys(r.Context(), p)
+		if err != nil {
+			return q, err
+		}
+		if len(keys) == 0 {
+			return q, authz.Forbidden("the patient has no identifier usable as a PACS key")
+		}
+	}
+	if len(sp.PatientIdentifiers) > 0 {
+		// patient.identifier narrows to one PACS key. On a patient-bound
+		// route it must be one of the patient's own keys.
+		var wanted []string
+		for _, t := range sp.PatientIdentifiers {
+			if err := imagesource.CheckPatientKey(t.Value); err != nil {
+				return q, &problem{Status: http.StatusBadRequest, Code: "invalid", Message: "patient.identifier: " + err.Error()}
+			}
+			if !p.Unrestricted && !slices.Contains(keys, t.Value) {
+				return q, authz.Forbidden("patient.identifier does not name the patient this access token is bound to")
+			}
+			wanted = append(wanted, t.Value)
+		}
+		keys = wanted
+	}
+	if len(keys) == 0 && h.lookup == imagesource.LookupAllStudies {
+		q.All = true
+		return q, nil
+	}
+	if len(keys) == 0 {
+		return q, &problem{Status: http.StatusBadRequest, Code: "required",
+			Message: "this route looks studies up by MRN: give patient.identifier=system|MRN"}
+	}
+	for _, k := range keys {
+		if err := imagesource.CheckPatientKey(k); err != nil {
+			return q, authz.Forbidden("the patient's PACS key is unusable: " + err.Error())
+		}
+	}
+	q.PatientIDs = keys
+	return q, nil
+}
+
+// writeBundle filters, sorts and pages the studies and writes the Bundle.
+func (h *Handler) writeBundle(w http.ResponseWriter, r *http.Request, p *authz.Principal, sp fhir.Search, studies []imagesource.Study) error {
+	if len(sp.LastUpdated) > 0 {
+		kept := studies[:0:0]
+		for _, st := range studies {
+			t, ok := fhir.StudyUpdated(st.Attributes, nil)
+			if !ok {
+				continue
+			}
+			match := true
+			for _, f := range sp.LastUpdated {
+				match = match && f.Matches(t)
+			}
+			if match {
+				kept = append(kept, st)
+			}
+		}
+		studies = kept
+	}
+	// A stable order (newest first, then UID) makes paging consistent.
+	slices.SortStableFunc(studies, func(a, b imagesource.Study) int {
+		da := a.Attributes.String(dicomjson.TagStudyDate) + a.Attributes.String(dicomjson.TagStudyTime)
+		db := b.Attributes.String(dicomjson.TagStudyDate) + b.Attributes.String(dicomjson.TagStudyTime)
+		if c := strings.Compare(db, da); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Attributes.String(dicomjson.TagStudyInstanceUID), b.Attributes.String(dicomjson.TagStudyInstanceUID))
+	})
+	auditFrom(r).studies = len(studies)
+	total := len(studies)
+	base := h.publicBase(r)
+	if sp.SummaryCount {
+		b := fhir.NewSearchBundle(base + "/fhir/ImagingStudy?" + r.URL.RawQuery)
+		b.Total = &total
+		w.Header().Set("Cache-Control", "no-store")
+		fhir.WriteJSON(w, http.StatusOK, b)
+		return nil
+	}
+	count := sp.Count
+	if count == 0 {
+		count = defaultPageSize
+	}
+	from := min(sp.Offset, total)
+	to := min(from+count, total)
+	page := studies[from:to]
+	bundle, err := h.searchBundle(r, p, page)
+	if err != nil {
+		return h.fail(w, r, err)
+	}
+	bundle.Total = &total
+	bundle.Link = []fhir.BundleLink{{Relation: "self", URL: pageURL(base, r.URL.Query(), from, count)}}
+	if to < total {
+		bundle.Link = append(bundle.Link, fhir.BundleLink{Relation: "next", URL: pageURL(base, r.URL.Query(), to, count)})
+	}
+	if from > 0 {
+		bundle.Link = append(bundle.Link, fhir.BundleLink{Relation: "previous", URL: pageURL(base, r.URL.Query(), max(0, from-count), count)})
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	fhir.WriteJSON(w, http.StatusOK, bundle)
+	return nil
+}
+
+// defaultPageSize is the page size when _count is not given.
+const defaultPageSize = 100
+
+func pageURL(base string, q url.Values, offset, count int) string {
+	q = maps.Clone(q)
+	q.Set("_offset", strconv.Itoa(offset))
+	q.Set("_count", strconv.Itoa(count))
+	return base + "/fhir/ImagingStudy?" + q.Encode()
 }
 
 // searchBundle maps studies to ImagingStudy resources, each with an
@@ -83,7 +204,7 @@ func (h *Handler) serveSearch(w http.ResponseWriter, r *http.Request) error {
 // caller's patient and this route.
 func (h *Handler) searchBundle(r *http.Request, p *authz.Principal, studies []imagesource.Study) (*fhir.Bundle, error) {
 	base := h.publicBase(r)
-	bundle := fhir.NewSearchBundle(base + "/fhir/ImagingStudy?" + r.URL.RawQuery)
+	bundle := fhir.NewSearchBundle("")
 	now := time.Now()
 	exp := now.Add(h.ttl)
 	if !p.Expires.IsZero() && p.Expires.Before(exp) {
