@@ -104,7 +104,7 @@ func (e *Element) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return err
 	}
-	if len(raw.VR) != 2 {
+	if !knownVRs[raw.VR] {
 		return fmt.Errorf("dicomjson: element has invalid vr %q", raw.VR)
 	}
 	e.VR, e.BulkDataURI, e.InlineBinary = raw.VR, raw.BulkDataURI, raw.InlineBinary
@@ -150,7 +150,7 @@ func (e *Element) UnmarshalJSON(b []byte) error {
 			if err = json.Unmarshal(rv, &s); err != nil {
 				// AT and a few lenient servers use other JSON types; keep them as text.
 				err = nil
-				s = string(rv)
+				s = strings.ToValidUTF8(string(rv), "\uFFFD")
 			}
 			e.Value[i] = s
 		}
@@ -158,6 +158,41 @@ func (e *Element) UnmarshalJSON(b []byte) error {
 			return fmt.Errorf("dicomjson: %s value %d: %w", raw.VR, i, err)
 		}
 	}
+	return nil
+}
+
+// knownVRs are the value representations of PS3.5 §6.2.
+var knownVRs = map[string]bool{
+	"AE": true, "AS": true, "AT": true, "CS": true, "DA": true, "DS": true, "DT": true, "FL": true,
+	"FD": true, "IS": true, "LO": true, "LT": true, "OB": true, "OD": true, "OF": true, "OL": true,
+	"OV": true, "OW": true, "PN": true, "SH": true, "SL": true, "SQ": true, "SS": true, "ST": true,
+	"SV": true, "TM": true, "UC": true, "UI": true, "UL": true, "UN": true, "UR": true, "US": true,
+	"UT": true, "UV": true,
+}
+
+// UnmarshalJSON decodes a dataset, refusing keys that are not tags (they
+// are normalized to upper-case hex) and dropping null elements.
+func (ds *Dataset) UnmarshalJSON(b []byte) error {
+	if bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
+		return fmt.Errorf("dicomjson: dataset is null")
+	}
+	var raw map[string]*Element
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	out := make(Dataset, len(raw))
+	for k, e := range raw {
+		tag, ok := NormalizeTag(k)
+		if !ok {
+			return fmt.Errorf("dicomjson: key %q is not a tag", k)
+		}
+		if e == nil {
+			// A null element says nothing; drop it.
+			continue
+		}
+		out[tag] = e
+	}
+	*ds = out
 	return nil
 }
 
@@ -202,7 +237,11 @@ func (ds Dataset) MarshalJSON() ([]byte, error) {
 		if i > 0 {
 			buf.WriteByte(',')
 		}
-		buf.WriteString(strconv.Quote(t))
+		kb, err := json.Marshal(t)
+		if err != nil {
+			return nil, fmt.Errorf("dicomjson: encode key %q: %w", t, err)
+		}
+		buf.Write(kb)
 		buf.WriteByte(':')
 		b, err := json.Marshal(ds[t])
 		if err != nil {
