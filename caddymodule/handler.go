@@ -264,6 +264,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveSMARTConfiguration(w, r)
 	case path == "/fhir/ImagingStudy" || path == "/fhir/ImagingStudy/_search":
 		return h.serveSearch(w, r)
+	case path == "/health/live":
+		return h.serveLive(w, r)
+	case path == "/health/ready":
+		return h.serveReady(w, r)
 	case strings.HasPrefix(path, "/wado/"):
 		return h.serveWADO(w, r, strings.TrimPrefix(path, "/wado/"))
 	}
