@@ -81,7 +81,7 @@ func (h *Handler) logDecision(r *http.Request, rec *auditRecord, cw *countingWri
 	if rec.status == 0 {
 		rec.status = cw.status
 	}
-	metricRequests.WithLabelValues(h.route(r), rec.action, outcomeOf(rec.status, rec.allowed), statusLabel(rec.status)).Inc()
+	metricRequests.WithLabelValues(h.metricRoute(r), rec.action, outcomeOf(rec.status, rec.allowed), statusLabel(rec.status)).Inc()
 	ce := h.audit.Check(zapcore.InfoLevel, "decision")
 	if ce == nil {
 		return

@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -41,6 +43,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		base_url <public url of this route>
 //		route_id <name>
 //		cors <origin>...|*
+//		dynamic_config {
+//			allow_hosts <host[:port]>...
+//			allow_mock
+//			max_configs <n>
+//		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -121,8 +128,45 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 			h.CORS = append(h.CORS, origins...)
+		case "dynamic_config":
+			if h.Dynamic != nil {
+				return d.Err("dynamic_config is already set for this route")
+			}
+			h.Dynamic = &DynamicConfig{}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				switch d.Val() {
+				case "allow_hosts":
+					hosts := d.RemainingArgs()
+					if len(hosts) == 0 {
+						return d.ArgErr()
+					}
+					h.Dynamic.AllowHosts = append(h.Dynamic.AllowHosts, hosts...)
+				case "allow_mock":
+					if d.NextArg() {
+						return d.ArgErr()
+					}
+					h.Dynamic.AllowMock = true
+				case "max_configs":
+					if !d.NextArg() {
+						return d.ArgErr()
+					}
+					n, err := strconv.Atoi(d.Val())
+					if err != nil || n < 1 {
+						return d.Errf("max_configs: want a positive integer, got %q", d.Val())
+					}
+					h.Dynamic.MaxConfigs = n
+				default:
+					return d.Errf("unrecognized dynamic_config option '%s' (known: allow_hosts, allow_mock, max_configs)", d.Val())
+				}
+			}
+			if len(h.Dynamic.AllowHosts) == 0 {
+				return d.Err("dynamic_config needs allow_hosts: the PACS and EHR hosts dynamic configs may use")
+			}
 		default:
-			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, base_url, route_id, cors)", d.Val())
+			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, base_url, route_id, cors, dynamic_config)", d.Val())
 		}
 	}
 	return nil

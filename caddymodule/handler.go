@@ -71,6 +71,10 @@ type Handler struct {
 	// token.
 	CORS []string `json:"cors,omitempty"`
 
+	// Dynamic, when set, enables /dyn/{base64url(JSON)}/… on this route
+	// for the hosts it allows. Off by default.
+	Dynamic *DynamicConfig `json:"dynamic_config,omitempty"`
+
 	authorizer authz.Authorizer
 	source     imagesource.Source
 	lookup     imagesource.Lookup
@@ -78,8 +82,14 @@ type Handler struct {
 	ttl        time.Duration
 	baseURL    *url.URL
 	cors       *corsPolicy
-	logger     *zap.Logger
-	audit      *zap.Logger
+	dynamic    *dynamicTenants
+	// inheritKeys is the parent route's keyring, for dynamic configs.
+	inheritKeys *studytoken.Keyring
+	// metricsRoute, when set, is the route label of metrics (dynamic
+	// configs share their parent's label to keep cardinality bounded).
+	metricsRoute string
+	logger       *zap.Logger
+	audit        *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -162,8 +172,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return errors.New("images: lookup all-studies returns every patient's studies; use it only with 'authz mock { disable_authz_checks }', or use lookup studies-by-mrn")
 	}
 
-	if err := h.provisionKeys(); err != nil {
+	if h.inheritKeys != nil {
+		h.keys = h.inheritKeys
+	} else if err := h.provisionKeys(); err != nil {
 		return err
+	}
+	if h.Dynamic != nil {
+		h.dynamic, err = newDynamicTenants(ctx, h, *h.Dynamic)
+		if err != nil {
+			return err
+		}
 	}
 	h.ttl = time.Duration(h.StudyTokenTTL)
 	if h.ttl == 0 {
@@ -224,6 +242,14 @@ func (h *Handler) provisionKeys() error {
 	return nil
 }
 
+// Cleanup releases the dynamic configs this route provisioned.
+func (h *Handler) Cleanup() error {
+	if h.dynamic != nil {
+		h.dynamic.cleanup()
+	}
+	return nil
+}
+
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
 	if h.StudyTokenTTL < 0 {
@@ -270,6 +296,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveReady(w, r)
 	case strings.HasPrefix(path, "/wado/"):
 		return h.serveWADO(w, r, strings.TrimPrefix(path, "/wado/"))
+	case strings.HasPrefix(path, "/dyn/") && h.dynamic != nil:
+		return h.serveDynamic(w, r, strings.TrimPrefix(path, "/dyn/"))
 	}
 	return h.fail(w, r, &problem{Status: http.StatusNotFound, Code: "not-found",
 		Message: "no such resource: this route serves /fhir/metadata, /fhir/ImagingStudy and /wado/{token}/studies/…"})
@@ -323,6 +351,7 @@ func (h *Handler) route(r *http.Request) string {
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )
 
@@ -331,9 +360,17 @@ var (
 func (h *Handler) authorize(r *http.Request) (*authz.Principal, error) {
 	start := time.Now()
 	p, err := h.authorizer.Authorize(r)
-	metricAuthzDuration.WithLabelValues(h.route(r)).Observe(time.Since(start).Seconds())
+	metricAuthzDuration.WithLabelValues(h.metricRoute(r)).Observe(time.Since(start).Seconds())
 	if err == nil {
 		setPrincipal(r, p)
 	}
 	return p, err
+}
+
+// metricRoute is the route label of metrics.
+func (h *Handler) metricRoute(r *http.Request) string {
+	if h.metricsRoute != "" {
+		return h.metricsRoute
+	}
+	return h.route(r)
 }

@@ -56,7 +56,7 @@ func (h *Handler) serveSearch(w http.ResponseWriter, r *http.Request) error {
 
 		start := time.Now()
 		studies, err := h.source.FindStudies(r.Context(), q)
-		metricSourceDuration.WithLabelValues(h.route(r), "find_studies").Observe(time.Since(start).Seconds())
+		metricSourceDuration.WithLabelValues(h.metricRoute(r), "find_studies").Observe(time.Since(start).Seconds())
 		if err != nil {
 			return h.fail(w, r, err)
 		}

@@ -61,7 +61,7 @@ func (h *Handler) serveWADO(w http.ResponseWriter, r *http.Request, rest string)
 
 		start := time.Now()
 		defer func() {
-			metricSourceDuration.WithLabelValues(h.route(r), "retrieve").Observe(time.Since(start).Seconds())
+			metricSourceDuration.WithLabelValues(h.metricRoute(r), "retrieve").Observe(time.Since(start).Seconds())
 		}()
 		err = h.source.Retrieve(w, r, imagesource.Retrieval{
 			Path:       wp,

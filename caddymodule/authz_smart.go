@@ -1,0 +1,281 @@
+package caddymodule
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/smart-imaging/smart_imaging/authz"
+	"github.com/smart-imaging/smart_imaging/authz/smart"
+)
+
+func init() {
+	caddy.RegisterModule(SmartAuthz{})
+}
+
+// SmartAuthz is the "smart-on-fhir" authorizer: it accepts the access
+// tokens an EHR's SMART authorization server issued for a patient (checked
+// by RFC 7662 introspection or locally as JWTs against the EHR's JWKS),
+// and maps the patient to PACS keys through the EHR's FHIR Patient
+// resource. Endpoints are discovered at
+// {fhir_base_url}/.well-known/smart-configuration on first use. String
+// options may hold global placeholders such as {env.SMART_CLIENT_SECRET},
+// resolved when the configuration loads.
+type SmartAuthz struct {
+	smart.Config
+
+	impl *smart.Authorizer
+}
+
+// CaddyModule returns the Caddy module information.
+func (SmartAuthz) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.smart_imaging.authz.smart-on-fhir",
+		New: func() caddy.Module { return new(SmartAuthz) },
+	}
+}
+
+// Provision resolves placeholders and builds the authorizer. It does no
+// network I/O (caddy validate runs it): discovery, tokens and keys are
+// fetched on first use. When no audience is configured, the route's
+// base_url + "/fhir" is the expected token audience.
+func (m *SmartAuthz) Provision(ctx caddy.Context) error {
+	repl := caddy.NewReplacer()
+	// ReplaceKnown leaves anything that is not a placeholder alone (an
+	// inline JWK is a JSON object, braces and all).
+	r := func(s string) string { return repl.ReplaceKnown(s, "") }
+	rs := func(in []string) []string {
+		out := make([]string, 0, len(in))
+		for _, s := range in {
+			if s = r(s); s != "" {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	cfg := m.Config
+	cfg.FHIRBaseURL = r(cfg.FHIRBaseURL)
+	cfg.ClientID = r(cfg.ClientID)
+	cfg.ClientSecret = r(cfg.ClientSecret)
+	cfg.PrivateKey = r(cfg.PrivateKey)
+	cfg.PrivateKeyAlg = r(cfg.PrivateKeyAlg)
+	cfg.PrivateKeyID = r(cfg.PrivateKeyID)
+	cfg.Scope = r(cfg.Scope)
+	cfg.IntrospectionEndpoint = r(cfg.IntrospectionEndpoint)
+	cfg.TokenEndpoint = r(cfg.TokenEndpoint)
+	cfg.JWKSURL = r(cfg.JWKSURL)
+	cfg.Issuer = r(cfg.Issuer)
+	cfg.Audience = rs(cfg.Audience)
+	cfg.AcceptScopes = rs(cfg.AcceptScopes)
+	cfg.MRNSystem = rs(cfg.MRNSystem)
+	if len(cfg.Audience) == 0 {
+		if base := routeFHIRBase(ctx); base != "" {
+			cfg.Audience = []string{base}
+		}
+	}
+	client := &http.Client{Timeout: smart.DefaultTimeout}
+	if cfg.Timeout > 0 {
+		client.Timeout = time.Duration(cfg.Timeout)
+	}
+	impl, err := smart.New(ctx, cfg, client, ctx.Logger())
+	if err != nil {
+		if len(cfg.Audience) == 0 && strings.Contains(err.Error(), "audience") {
+			err = fmt.Errorf("%w: set audience, or base_url on the smart_imaging route", err)
+		}
+		return fmt.Errorf("authz smart-on-fhir: %w", err)
+	}
+	m.impl = impl
+	return nil
+}
+
+// routeFHIRBase is base_url + "/fhir" of the smart_imaging handler that
+// loads this module, if it has one.
+func routeFHIRBase(ctx caddy.Context) string {
+	mods := ctx.Modules()
+	for i := len(mods) - 1; i >= 0; i-- {
+		if h, ok := mods[i].(*Handler); ok {
+			base := strings.TrimRight(caddy.NewReplacer().ReplaceKnown(h.BaseURL, ""), "/")
+			if base == "" {
+				return ""
+			}
+			return base + "/fhir"
+		}
+	}
+	return ""
+}
+
+// Authorize implements authz.Authorizer.
+func (m *SmartAuthz) Authorize(r *http.Request) (*authz.Principal, error) {
+	return m.impl.Authorize(r)
+}
+
+// PatientKeys implements authz.Authorizer.
+func (m *SmartAuthz) PatientKeys(ctx context.Context, p *authz.Principal) ([]string, error) {
+	return m.impl.PatientKeys(ctx, p)
+}
+
+// EHRBaseURL is the EHR FHIR base, for matching absolute patient
+// references.
+func (m *SmartAuthz) EHRBaseURL() string { return m.impl.FHIRBaseURL() }
+
+// UnmarshalCaddyfile reads:
+//
+//	authz smart-on-fhir {
+//		fhir_base_url          <url>
+//		client_id              <id>
+//		private_key            <path to JWK/JWKS/PEM file | inline JWK | {env.VAR}>
+//		private_key_alg        RS384|ES384|RS256|RS512|ES256|ES512
+//		private_key_id         <kid>
+//		client_secret          <secret, e.g. {env.SMART_CLIENT_SECRET}>
+//		scope                  <scope>...
+//		validation             introspection|jwt|auto
+//		introspection_endpoint <url>
+//		token_endpoint         <url>
+//		jwks_url               <url>
+//		audience               <aud>...
+//		issuer                 <iss>
+//		patient_claim          patient|fhirUser|sub
+//		accept_scopes          <scope>...
+//		mrn_system             <system>...
+//		patient_lookup_token   backend|caller
+//		cache_ttl              <duration>
+//		inactive_cache_ttl     <duration>
+//		cache_size             <n>
+//		timeout                <duration>
+//	}
+//
+// fhir_base_url may also be given inline: authz smart-on-fhir <url> { … }.
+func (m *SmartAuthz) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // "smart-on-fhir"
+	if d.NextArg() {
+		m.FHIRBaseURL = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	one := func(dst *string) error {
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		*dst = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		return nil
+	}
+	many := func(dst *[]string) error {
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		*dst = append(*dst, args...)
+		return nil
+	}
+	dur := func(dst *caddy.Duration) error {
+		var s string
+		if err := one(&s); err != nil {
+			return err
+		}
+		v, err := caddy.ParseDuration(s)
+		if err != nil || v <= 0 {
+			return d.Errf("%s: %q is not a positive duration", d.Val(), s)
+		}
+		*dst = caddy.Duration(v)
+		return nil
+	}
+	for d.NextBlock(0) {
+		var err error
+		switch opt := d.Val(); opt {
+		case "fhir_base_url":
+			err = one(&m.FHIRBaseURL)
+		case "client_id":
+			err = one(&m.ClientID)
+		case "client_secret":
+			err = one(&m.ClientSecret)
+		case "private_key":
+			err = one(&m.PrivateKey)
+		case "private_key_alg":
+			err = one(&m.PrivateKeyAlg)
+		case "private_key_id":
+			err = one(&m.PrivateKeyID)
+		case "scope":
+			var scopes []string
+			if err = many(&scopes); err == nil {
+				m.Scope = strings.Join(scopes, " ")
+			}
+		case "validation":
+			if err = one(&m.Validation); err == nil {
+				switch m.Validation {
+				case smart.ValidationIntrospection, smart.ValidationJWT, smart.ValidationAuto:
+				default:
+					return d.Errf("validation: %q is not introspection, jwt or auto", m.Validation)
+				}
+			}
+		case "introspection_endpoint":
+			err = one(&m.IntrospectionEndpoint)
+		case "token_endpoint":
+			err = one(&m.TokenEndpoint)
+		case "jwks_url":
+			err = one(&m.JWKSURL)
+		case "audience":
+			err = many(&m.Audience)
+		case "issuer":
+			err = one(&m.Issuer)
+		case "patient_claim":
+			if err = one(&m.PatientClaim); err == nil {
+				switch m.PatientClaim {
+				case "patient", "fhirUser", "sub":
+				default:
+					return d.Errf("patient_claim: %q is not patient, fhirUser or sub", m.PatientClaim)
+				}
+			}
+		case "accept_scopes":
+			err = many(&m.AcceptScopes)
+		case "mrn_system":
+			err = many(&m.MRNSystem)
+		case "patient_lookup_token":
+			if err = one(&m.PatientLookupToken); err == nil {
+				switch m.PatientLookupToken {
+				case smart.LookupTokenBackend, smart.LookupTokenCaller:
+				default:
+					return d.Errf("patient_lookup_token: %q is not backend or caller", m.PatientLookupToken)
+				}
+			}
+		case "cache_ttl":
+			err = dur(&m.CacheTTL)
+		case "inactive_cache_ttl":
+			err = dur(&m.InactiveCacheTTL)
+		case "timeout":
+			err = dur(&m.Timeout)
+		case "cache_size":
+			var s string
+			if err = one(&s); err == nil {
+				n, perr := strconv.Atoi(s)
+				if perr != nil || n <= 0 {
+					return d.Errf("cache_size: %q is not a positive number", s)
+				}
+				m.CacheSize = n
+			}
+		default:
+			return d.Errf("unrecognized authz smart-on-fhir option '%s' (known: fhir_base_url, client_id, private_key, private_key_alg, private_key_id, client_secret, scope, validation, introspection_endpoint, token_endpoint, jwks_url, audience, issuer, patient_claim, accept_scopes, mrn_system, patient_lookup_token, cache_ttl, inactive_cache_ttl, cache_size, timeout)", opt)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Interface guards.
+var (
+	_ AuthzModule           = (*SmartAuthz)(nil)
+	_ caddy.Provisioner     = (*SmartAuthz)(nil)
+	_ caddyfile.Unmarshaler = (*SmartAuthz)(nil)
+	_ fhirBaser             = (*SmartAuthz)(nil)
+)
