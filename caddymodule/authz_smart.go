@@ -178,13 +178,14 @@ func (m *SmartAuthz) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return nil
 	}
 	dur := func(dst *caddy.Duration) error {
+		name := d.Val()
 		var s string
 		if err := one(&s); err != nil {
 			return err
 		}
 		v, err := caddy.ParseDuration(s)
 		if err != nil || v <= 0 {
-			return d.Errf("%s: %q is not a positive duration", d.Val(), s)
+			return d.Errf("%s: %q is not a positive duration", name, s)
 		}
 		*dst = caddy.Duration(v)
 		return nil
@@ -279,3 +280,11 @@ var (
 	_ caddyfile.Unmarshaler = (*SmartAuthz)(nil)
 	_ fhirBaser             = (*SmartAuthz)(nil)
 )
+
+// SMARTConfiguration is the route's own smart-configuration document.
+func (m *SmartAuthz) SMARTConfiguration(ctx context.Context) (map[string]any, error) {
+	return m.impl.SMARTConfiguration(ctx)
+}
+
+// Check tests the EHR's discovery document (readiness).
+func (m *SmartAuthz) Check(ctx context.Context) error { return m.impl.Check(ctx) }

@@ -1,0 +1,211 @@
+package smart
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/smart-imaging/smart_imaging/authz"
+	"github.com/smart-imaging/smart_imaging/imagesource"
+)
+
+// v2IdentifierType is the code system of identifier type "MR".
+const v2IdentifierType = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+// fhirPatient is the part of a FHIR Patient the gateway reads.
+type fhirPatient struct {
+	ResourceType string           `json:"resourceType"`
+	ID           string           `json:"id"`
+	Identifier   []fhirIdentifier `json:"identifier"`
+}
+
+type fhirIdentifier struct {
+	Use    string           `json:"use"`
+	System string           `json:"system"`
+	Value  string           `json:"value"`
+	Type   *fhirConceptCode `json:"type"`
+}
+
+type fhirConceptCode struct {
+	Coding []struct {
+		System string `json:"system"`
+		Code   string `json:"code"`
+	} `json:"coding"`
+}
+
+// PatientKeys returns the PACS PatientID values of the principal's patient:
+// the identifiers of {fhir_base_url}/Patient/{id} whose system is one of
+// mrn_system or, when mrn_system is unset, whose type is MR (identifiers
+// with use "old" are skipped). Each is checked with
+// imagesource.CheckPatientKey. None usable: 403. Results are cached per
+// patient for cache_ttl (a patient without usable identifiers for
+// inactive_cache_ttl). Failures are *authz.Error.
+func (a *Authorizer) PatientKeys(ctx context.Context, p *authz.Principal) ([]string, error) {
+	if p == nil || p.Patient == "" || !fhirID.MatchString(p.Patient) {
+		return nil, authz.Forbidden("the access token has no patient in context")
+	}
+	id := p.Patient
+	if e, ok := a.patients.get(id, a.now()); ok {
+		return e.result()
+	}
+	var callerToken string
+	if a.callerTok != nil {
+		ct, ok := a.callerTok.get(p.TokenHash, a.now())
+		if !ok || ct.patient != id {
+			return nil, &authz.Error{Status: http.StatusServiceUnavailable, Code: "transient",
+				Message:    "the caller's access token is no longer at hand for the patient lookup; retry",
+				RetryAfter: time.Second}
+		}
+		callerToken = ct.token
+	}
+	v, err := a.flight(ctx, "patient:"+id, func(ctx context.Context) (any, error) {
+		if e, ok := a.patients.get(id, a.now()); ok {
+			return e, nil
+		}
+		e, cache, fail := a.lookupPatient(ctx, id, callerToken)
+		if fail != nil {
+			a.logger.Warn("patient lookup failed", failFields(fail)...)
+			return nil, fail
+		}
+		if cache {
+			now := a.now()
+			ttl := a.s.cacheTTL
+			if e.deny != nil {
+				ttl = a.s.inactiveTTL
+			}
+			a.patients.put(id, e, now.Add(ttl), now)
+		}
+		return e, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*patientEntry).result()
+}
+
+func (e *patientEntry) result() ([]string, error) {
+	if e.deny != nil {
+		d := *e.deny
+		return nil, &d
+	}
+	return slices.Clone(e.keys), nil
+}
+
+// lookupPatient reads the Patient and picks its PACS keys. cache reports
+// whether the outcome belongs to the patient (and may be shared).
+func (a *Authorizer) lookupPatient(ctx context.Context, id, callerToken string) (e *patientEntry, cache bool, fail *authz.Error) {
+	const what = "FHIR server"
+	u := a.s.fhirBase + "/Patient/" + url.PathEscape(id)
+	for attempt := 0; ; attempt++ {
+		token := callerToken
+		if token == "" {
+			if token, fail = a.backendToken(ctx); fail != nil {
+				return nil, false, fail
+			}
+		}
+		req, err := http.NewRequest(http.MethodGet, u, nil)
+		if err != nil {
+			return nil, false, badGateway(what, "Patient URL is invalid", err)
+		}
+		req.Header.Set("Accept", "application/fhir+json")
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, fail := a.do(ctx, what, req)
+		if fail != nil {
+			return nil, false, fail
+		}
+		switch resp.status {
+		case http.StatusOK:
+			pat, err := parsePatient(resp.body, id)
+			if err != nil {
+				return nil, false, badGateway(what, "answered a Patient read with something that is not that Patient", err)
+			}
+			return a.selectKeys(pat), true, nil
+		case http.StatusUnauthorized, http.StatusForbidden:
+			if callerToken != "" {
+				// The caller's token may not allow Patient reads; another
+				// caller's may, so this is not cached.
+				return &patientEntry{deny: authz.Forbidden("the EHR refused to read the patient with the caller's access token")}, false, nil
+			}
+			if attempt == 0 {
+				a.dropBackendToken(token)
+				continue
+			}
+			return nil, false, badGateway(what, fmt.Sprintf("refused the gateway's Patient read: HTTP %d", resp.status), nil)
+		case http.StatusNotFound, http.StatusGone:
+			return nil, false, badGateway(what, "does not know the patient in the token's context", nil)
+		}
+		return nil, false, statusError(what, resp.status, resp.header)
+	}
+}
+
+func parsePatient(body []byte, id string) (*fhirPatient, error) {
+	var p fhirPatient
+	if err := json.Unmarshal(body, &p); err != nil {
+		return nil, fmt.Errorf("patient JSON: %w", err)
+	}
+	if p.ResourceType != "Patient" {
+		return nil, errors.New("resourceType is not Patient")
+	}
+	if p.ID != "" && p.ID != id {
+		return nil, errors.New("the Patient has another id")
+	}
+	return &p, nil
+}
+
+// selectKeys picks the PACS keys among the patient's identifiers.
+func (a *Authorizer) selectKeys(p *fhirPatient) *patientEntry {
+	var keys []string
+	matched, refused := 0, 0
+	for _, ident := range p.Identifier {
+		if ident.Use == "old" || !a.isMRN(ident.System, ident.Type) {
+			continue
+		}
+		matched++
+		if err := imagesource.CheckPatientKey(ident.Value); err != nil {
+			refused++
+			continue
+		}
+		if !slices.Contains(keys, ident.Value) {
+			keys = append(keys, ident.Value)
+		}
+	}
+	if refused > 0 {
+		// Values are PHI: only counts are logged.
+		a.logger.Debug("patient identifiers refused as PACS keys", zap.Int("refused", refused), zap.Int("matched", matched))
+	}
+	if len(keys) == 0 {
+		how := "identifier type MR"
+		if len(a.s.mrnSystems) > 0 {
+			how = "mrn_system " + strings.Join(a.s.mrnSystems, ", ")
+		}
+		msg := "the patient has no identifier usable as a PACS key (" + how + ")"
+		if refused > 0 {
+			msg = "the patient's identifiers (" + how + ") cannot be used as exact PACS keys"
+		}
+		return &patientEntry{deny: authz.Forbidden(msg)}
+	}
+	return &patientEntry{keys: keys}
+}
+
+func (a *Authorizer) isMRN(system string, typ *fhirConceptCode) bool {
+	if len(a.s.mrnSystems) > 0 {
+		return slices.Contains(a.s.mrnSystems, system)
+	}
+	if typ == nil {
+		return false
+	}
+	for _, c := range typ.Coding {
+		if c.Code == "MR" && (c.System == "" || c.System == v2IdentifierType) {
+			return true
+		}
+	}
+	return false
+}
