@@ -1,0 +1,299 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/imagesource/dicomweb"
+)
+
+func init() {
+	caddy.RegisterModule(DICOMwebImages{})
+}
+
+// DefaultPACSKeepAlive is the keep-alive idle time of the upstream
+// transport when the configuration sets none: below the 1 s after which
+// Orthanc closes idle connections, so a request never races that close.
+const DefaultPACSKeepAlive = 800 * time.Millisecond
+
+// DICOMwebImages is the "dicomweb" image source: a PACS with a DICOMweb
+// interface. Searches are exact-match QIDO-RS queries to the base URL's
+// host; WADO-RS retrieves go through a Caddy reverse proxy (its upstreams,
+// load balancing, health checks and transport are configurable) and stream
+// to the client with the PACS's URLs rewritten onto the gateway.
+type DICOMwebImages struct {
+	// BaseURL is the PACS's DICOMweb root, e.g.
+	// http://pacs.internal:8042/dicom-web. Placeholders such as
+	// {env.PACS_URL} are resolved at start.
+	BaseURL string `json:"base_url,omitempty"`
+	// Lookup is "studies-by-mrn" (default) or "all-studies".
+	Lookup imagesource.Lookup `json:"lookup,omitempty"`
+	// Username and Password are sent as HTTP Basic credentials to the PACS
+	// (placeholders resolved at start).
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+	// Bearer is sent as a bearer token to the PACS instead.
+	Bearer string `json:"bearer,omitempty"`
+	// QIDOTimeout bounds each QIDO-RS call. Default 30s.
+	QIDOTimeout caddy.Duration `json:"qido_timeout,omitempty"`
+	// MaxConcurrentQIDO bounds the QIDO-RS calls of one search. Default 4.
+	MaxConcurrentQIDO int `json:"max_concurrent_qido,omitempty"`
+	// PACSURLs are other DICOMweb roots the PACS writes into its answers,
+	// rewritten onto the gateway like BaseURL.
+	PACSURLs []string `json:"pacs_urls,omitempty"`
+	// Proxy is the reverse proxy that carries WADO-RS retrieves. Its
+	// upstreams default to the base URL's host and port; its transport to
+	// http (with TLS for an https base URL) with keep-alive idle time
+	// DefaultPACSKeepAlive. Its QIDO-RS client shares the same transport.
+	Proxy *reverseproxy.Handler `json:"proxy,omitempty"`
+
+	src         *dicomweb.Source
+	provisioned bool
+}
+
+// CaddyModule returns the Caddy module information.
+func (DICOMwebImages) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.smart_imaging.images.dicomweb",
+		New: func() caddy.Module { return new(DICOMwebImages) },
+	}
+}
+
+// Provision sets up the reverse proxy and the source. It does no network
+// I/O.
+func (m *DICOMwebImages) Provision(ctx caddy.Context) error {
+	repl := caddy.NewReplacer()
+	cfg := dicomweb.Config{
+		BaseURL:           repl.ReplaceKnown(m.BaseURL, ""),
+		Username:          repl.ReplaceKnown(m.Username, ""),
+		Password:          repl.ReplaceKnown(m.Password, ""),
+		Bearer:            repl.ReplaceKnown(m.Bearer, ""),
+		QIDOTimeout:       time.Duration(m.QIDOTimeout),
+		MaxConcurrentQIDO: m.MaxConcurrentQIDO,
+	}
+	for _, u := range m.PACSURLs {
+		cfg.PACSURLs = append(cfg.PACSURLs, repl.ReplaceKnown(u, ""))
+	}
+	if m.Lookup != "" {
+		if _, err := imagesource.ParseLookup(string(m.Lookup)); err != nil {
+			return fmt.Errorf("images dicomweb: %w", err)
+		}
+	}
+	base, err := url.Parse(cfg.BaseURL)
+	if err != nil || base.Host == "" || (base.Scheme != "http" && base.Scheme != "https") {
+		return fmt.Errorf("images dicomweb: base URL %q: want an absolute http(s) URL such as http://pacs.internal:8042/dicom-web", cfg.BaseURL)
+	}
+
+	if m.Proxy == nil {
+		m.Proxy = new(reverseproxy.Handler)
+	}
+	if len(m.Proxy.HandleResponse) > 0 || m.Proxy.Rewrite != nil {
+		return errors.New("images dicomweb: handle_response and rewrite are not supported: the gateway builds the upstream request and reads the answer itself")
+	}
+	if len(m.Proxy.Upstreams) == 0 && m.Proxy.DynamicUpstreamsRaw == nil {
+		port := base.Port()
+		if port == "" {
+			port = map[string]string{"http": "80", "https": "443"}[base.Scheme]
+		}
+		m.Proxy.Upstreams = reverseproxy.UpstreamPool{{Dial: net.JoinHostPort(base.Hostname(), port)}}
+	}
+	raw, err := transportWithDefaults(m.Proxy.TransportRaw, base.Scheme == "https")
+	if err != nil {
+		return fmt.Errorf("images dicomweb: transport: %w", err)
+	}
+	m.Proxy.TransportRaw = raw
+
+	if err := m.Proxy.Provision(ctx); err != nil {
+		return fmt.Errorf("images dicomweb: reverse proxy: %w", err)
+	}
+	m.provisioned = true
+	client := &http.Client{Transport: m.Proxy.Transport}
+	src, err := dicomweb.New(cfg, m.Proxy, client, ctx.Logger())
+	if err != nil {
+		return fmt.Errorf("images dicomweb: %w", err)
+	}
+	m.src = src
+	return nil
+}
+
+// transportWithDefaults fills in the http transport's defaults: keep-alive
+// idle time DefaultPACSKeepAlive when unset, TLS for an https base URL. A
+// transport of another protocol is left alone.
+func transportWithDefaults(raw json.RawMessage, tls bool) (json.RawMessage, error) {
+	var t reverseproxy.HTTPTransport
+	if raw != nil {
+		var probe struct {
+			Protocol string `json:"protocol"`
+		}
+		if err := json.Unmarshal(raw, &probe); err != nil {
+			return nil, err
+		}
+		if probe.Protocol != "http" {
+			return raw, nil
+		}
+		if err := json.Unmarshal(raw, &t); err != nil {
+			return nil, err
+		}
+	}
+	if t.KeepAlive == nil {
+		t.KeepAlive = new(reverseproxy.KeepAlive)
+	}
+	if t.KeepAlive.IdleConnTimeout == 0 {
+		t.KeepAlive.IdleConnTimeout = caddy.Duration(DefaultPACSKeepAlive)
+	}
+	if tls && t.TLS == nil {
+		t.TLS = new(reverseproxy.TLSConfig)
+	}
+	return caddyconfig.JSONModuleObject(&t, "protocol", "http", nil), nil
+}
+
+// Cleanup releases the reverse proxy (its connections and its upstreams'
+// entries in the shared pool).
+func (m *DICOMwebImages) Cleanup() error {
+	if m.provisioned && m.Proxy != nil {
+		m.provisioned = false
+		return m.Proxy.Cleanup()
+	}
+	return nil
+}
+
+// LookupMode implements ImagesModule.
+func (m *DICOMwebImages) LookupMode() imagesource.Lookup { return m.Lookup }
+
+// FindStudies implements imagesource.Source.
+func (m *DICOMwebImages) FindStudies(ctx context.Context, q imagesource.Query) ([]imagesource.Study, error) {
+	return m.src.FindStudies(ctx, q)
+}
+
+// Retrieve implements imagesource.Source.
+func (m *DICOMwebImages) Retrieve(w http.ResponseWriter, r *http.Request, req imagesource.Retrieval) error {
+	return m.src.Retrieve(w, r, req)
+}
+
+// rejectedProxyOptions are reverse_proxy subdirectives that would take the
+// upstream request or the answer out of the gateway's hands.
+var rejectedProxyOptions = map[string]bool{
+	"handle_response": true, "replace_status": true, "rewrite": true, "method": true,
+	"copy_response": true, "copy_response_headers": true,
+}
+
+// UnmarshalCaddyfile reads:
+//
+//	images dicomweb <base url> {
+//		lookup studies-by-mrn|all-studies
+//		basic_auth <user> <password>
+//		bearer <token>
+//		qido_timeout <duration>
+//		max_concurrent_qido <n>
+//		pacs_url <url>...
+//		# any reverse_proxy subdirective: to, lb_policy, health_uri,
+//		# transport http { tls …; keepalive …; response_header_timeout … }, …
+//	}
+func (m *DICOMwebImages) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	// The reverse proxy reads a copy of the tokens with ours deleted, the
+	// way forward_auth passes its block on to reverse_proxy.
+	d.Next() // "dicomweb"
+	rp := d.NewFromNextSegment()
+	rp.Next()
+	if !rp.NextArg() {
+		return rp.Err("images dicomweb needs the PACS's DICOMweb base URL (e.g. http://pacs.internal:8042/dicom-web)")
+	}
+	m.BaseURL = rp.Val()
+	rp.DeleteN(1)
+	if rp.NextArg() {
+		return rp.ArgErr()
+	}
+	for rp.NextBlock(0) {
+		if rp.Nesting() != 1 {
+			continue
+		}
+		switch opt := rp.Val(); opt {
+		case "lookup":
+			lk, err := parseLookupArg(rp)
+			if err != nil {
+				return err
+			}
+			m.Lookup = lk
+			rp.DeleteN(2)
+		case "basic_auth":
+			args := rp.RemainingArgs()
+			if len(args) != 2 {
+				return rp.Err("basic_auth needs a user name and a password")
+			}
+			m.Username, m.Password = args[0], args[1]
+			rp.DeleteN(3)
+		case "bearer":
+			args := rp.RemainingArgs()
+			if len(args) != 1 {
+				return rp.Err("bearer needs one token")
+			}
+			m.Bearer = args[0]
+			rp.DeleteN(2)
+		case "qido_timeout":
+			args := rp.RemainingArgs()
+			if len(args) != 1 {
+				return rp.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(args[0])
+			if err != nil || dur <= 0 {
+				return rp.Errf("qido_timeout: %q is not a positive duration", args[0])
+			}
+			m.QIDOTimeout = caddy.Duration(dur)
+			rp.DeleteN(2)
+		case "max_concurrent_qido":
+			args := rp.RemainingArgs()
+			if len(args) != 1 {
+				return rp.ArgErr()
+			}
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n < 1 {
+				return rp.Errf("max_concurrent_qido: %q is not a positive number", args[0])
+			}
+			m.MaxConcurrentQIDO = n
+			rp.DeleteN(2)
+		case "pacs_url":
+			args := rp.RemainingArgs()
+			if len(args) == 0 {
+				return rp.ArgErr()
+			}
+			m.PACSURLs = append(m.PACSURLs, args...)
+			rp.DeleteN(len(args) + 1)
+		default:
+			if rejectedProxyOptions[opt] || len(opt) > 0 && opt[0] == '@' {
+				return rp.Errf("images dicomweb: reverse_proxy option '%s' is not supported here: the gateway builds the upstream request and reads the answer itself", opt)
+			}
+			// A reverse_proxy option: skip its arguments and block.
+			rp.RemainingArgs()
+			for nesting := rp.Nesting(); rp.NextBlock(nesting); {
+			}
+		}
+	}
+	rp.Reset()
+	proxy := new(reverseproxy.Handler)
+	if err := proxy.UnmarshalCaddyfile(rp); err != nil {
+		return err
+	}
+	m.Proxy = proxy
+	return nil
+}
+
+// Interface guards.
+var (
+	_ ImagesModule          = (*DICOMwebImages)(nil)
+	_ caddy.Provisioner     = (*DICOMwebImages)(nil)
+	_ caddy.CleanerUpper    = (*DICOMwebImages)(nil)
+	_ caddyfile.Unmarshaler = (*DICOMwebImages)(nil)
+)

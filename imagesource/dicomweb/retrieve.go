@@ -1,0 +1,388 @@
+package dicomweb
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
+)
+
+// renderedParams are the query parameters DICOMweb defines for rendered
+// and thumbnail resources (PS3.18 §8.3.5.1). No other resource gets any
+// query parameter: media types travel in the Accept header.
+var renderedParams = []string{"quality", "viewport", "window", "iccprofile", "annotation", "charset"}
+
+// passRequestHeaders are the client headers the PACS sees. Everything else
+// (Authorization, Cookie, Forwarded, X-Forwarded-*, …) is dropped; the
+// configured credentials are added.
+var passRequestHeaders = []string{"Accept", "Accept-Charset", "If-None-Match", "If-Modified-Since", "User-Agent"}
+
+// dropResponseHeaders never reach the client: they belong to the PACS
+// (its session, its challenge, its CORS policy) or are recomputed.
+var dropResponseHeaders = []string{"Set-Cookie", "Set-Cookie2", "Www-Authenticate", "Proxy-Authenticate",
+	"Access-Control-Allow-Origin", "Access-Control-Allow-Credentials", "Access-Control-Allow-Headers",
+	"Access-Control-Allow-Methods", "Access-Control-Expose-Headers", "Access-Control-Max-Age", "Content-Location",
+	"Location", "Link", "Refresh", "Alt-Svc"}
+
+const (
+	maxParamLen  = 256
+	maxQueryLen  = 2048
+	maxAcceptLen = 4096
+	maxErrorBody = 8 << 10
+)
+
+// Retrieve answers a WADO-RS request through the proxy. The upstream
+// request is built fresh on a clone of r: path = the base URL's path + "/"
+// + req.Path (the parsed allow-listed path, never the client's raw path);
+// query = only the rendered/thumbnail parameters DICOMweb defines; headers
+// = Accept (and a few conditional headers) plus the configured
+// credentials; Host = the base URL's host. HEAD is sent as GET (Orthanc
+// answers HEAD with 404) and the body is discarded.
+//
+// The answer streams to w, flushed as it arrives. URLs that point at the
+// PACS's DICOMweb root (Content-Location, and in application/dicom+json
+// bodies RetrieveURL and BulkDataURI; in multipart answers the part
+// headers) are rewritten onto req.PublicBase while streaming. Metadata is
+// asked for and served as application/dicom+json only.
+//
+// When the PACS answers with an error status, nothing is written and an
+// *imagesource.Error is returned (400, 404 and 406 keep their status; 401
+// and 403 become 502 naming the credentials; 503 keeps its Retry-After;
+// other failures become 502, timeouts 504). When the answer has started
+// and then breaks, a plain error is returned (or the proxy's
+// http.ErrAbortHandler panic passes through) so the caller aborts the
+// connection: the client sees a broken transfer, never a short one.
+func (s *Source) Retrieve(w http.ResponseWriter, r *http.Request, req imagesource.Retrieval) error {
+	publicBase, err := checkPublicBase(req.PublicBase)
+	if err != nil {
+		return err
+	}
+	rel := req.Path.String()
+	if _, err := wadopath.Parse(rel); err != nil {
+		return &imagesource.Error{Status: http.StatusBadRequest, Code: "invalid", Message: err.Error(), Err: err}
+	}
+	query, err := upstreamQuery(req.Path, r.URL.Query())
+	if err != nil {
+		return err
+	}
+	accept, err := upstreamAccept(req.Path, r.Header.Values("Accept"))
+	if err != nil {
+		return err
+	}
+
+	r2 := r.Clone(r.Context())
+	r2.Method = http.MethodGet
+	r2.URL = &url.URL{Path: s.base.Path + "/" + rel, RawQuery: query}
+	r2.RequestURI = ""
+	r2.Host = s.base.Host
+	r2.Header = make(http.Header)
+	for _, h := range passRequestHeaders {
+		if vs := r.Header.Values(h); len(vs) > 0 {
+			r2.Header[h] = append([]string(nil), vs...)
+		}
+	}
+	if accept != "" {
+		r2.Header.Set("Accept", accept)
+	}
+	s.setAuth(r2.Header)
+	r2.Body, r2.ContentLength, r2.TransferEncoding, r2.Trailer = http.NoBody, 0, nil, nil
+	r2.Close = false
+
+	pw := &proxyWriter{
+		w:       w,
+		src:     s,
+		header:  make(http.Header),
+		head:    r.Method == http.MethodHead,
+		repl:    publicBase + "/",
+		relPath: rel,
+	}
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+		return caddyhttp.Error(http.StatusBadGateway, errors.New("dicomweb: the reverse proxy passed the request on instead of answering it"))
+	})
+	perr := s.proxy.ServeHTTP(pw, r2, next)
+	return pw.finish(perr)
+}
+
+// checkPublicBase refuses a public base that could break out of a URL in a
+// JSON string or a header; it returns it without a trailing slash.
+func checkPublicBase(s string) (string, error) {
+	s = strings.TrimRight(s, "/")
+	u, err := url.Parse(s)
+	bad := err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == ""
+	for i := 0; i < len(s) && !bad; i++ {
+		c := s[i]
+		bad = c <= 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>'
+	}
+	if bad {
+		return "", &imagesource.Error{Status: http.StatusInternalServerError, Code: "exception",
+			Message: "the gateway's public address for this study is not a plain absolute URL"}
+	}
+	return s, nil
+}
+
+// upstreamQuery keeps only the parameters DICOMweb defines for the
+// resource: rendered and thumbnail get quality, viewport, window,
+// iccprofile, annotation and charset; everything else gets none.
+func upstreamQuery(p wadopath.Path, q url.Values) (string, error) {
+	if p.Resource != wadopath.Rendered && p.Resource != wadopath.Thumbnail {
+		return "", nil
+	}
+	out := url.Values{}
+	for _, name := range renderedParams {
+		for _, v := range q[name] {
+			if len(v) > maxParamLen || strings.IndexFunc(v, func(c rune) bool { return c < 0x20 || c == 0x7f }) >= 0 {
+				return "", imagesource.Errorf(http.StatusBadRequest, "invalid", "query parameter %s is too long or holds control characters", name)
+			}
+			out.Add(name, v)
+		}
+	}
+	enc := encodeQuery(out)
+	if len(enc) > maxQueryLen {
+		return "", imagesource.Errorf(http.StatusBadRequest, "invalid", "the query string is longer than %d bytes", maxQueryLen)
+	}
+	return enc, nil
+}
+
+// upstreamAccept decides the Accept header sent to the PACS. Metadata is
+// served as application/dicom+json only (so every URL in it can be
+// rewritten): a client that accepts nothing of the sort gets a 406. Other
+// resources pass the client's Accept through.
+func upstreamAccept(p wadopath.Path, values []string) (string, error) {
+	joined := strings.Join(values, ", ")
+	if len(joined) > maxAcceptLen {
+		return "", imagesource.Errorf(http.StatusBadRequest, "invalid", "the Accept header is longer than %d bytes", maxAcceptLen)
+	}
+	if p.Resource != wadopath.Metadata {
+		return joined, nil
+	}
+	if strings.TrimSpace(joined) == "" {
+		return "application/dicom+json", nil
+	}
+	for _, part := range strings.Split(joined, ",") {
+		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
+		if err != nil {
+			continue
+		}
+		if q := params["q"]; q == "0" || q == "0.0" || q == "0.00" || q == "0.000" {
+			continue
+		}
+		switch mt {
+		case "*/*", "application/*", "application/dicom+json", "application/json":
+			return "application/dicom+json", nil
+		}
+	}
+	return "", imagesource.Errorf(http.StatusNotAcceptable, "not-supported",
+		"metadata is available as application/dicom+json only")
+}
+
+// proxyWriter sits between the reverse proxy and the client. It holds the
+// upstream's headers until the status is known: an error status is kept
+// from the client (and turned into an *imagesource.Error by finish); a
+// success passes on with the PACS's URLs rewritten, the body streamed
+// through a bodyFilter and flushed after every write.
+type proxyWriter struct {
+	w       http.ResponseWriter
+	src     *Source
+	header  http.Header // what the proxy sets: the upstream's headers
+	head    bool
+	repl    string // public base + "/"
+	relPath string
+
+	status  int  // upstream status
+	failed  bool // upstream status >= 400, or an answer we cannot pass on
+	started bool // status and headers written to w
+	early   *imagesource.Error
+	errBody []byte
+	body    bodyFilter
+}
+
+func (pw *proxyWriter) Header() http.Header { return pw.header }
+
+func (pw *proxyWriter) WriteHeader(code int) {
+	if pw.started || pw.failed {
+		return
+	}
+	if code < 200 {
+		return // informational (100, 103): not passed on
+	}
+	pw.status = code
+	if code >= 400 {
+		pw.failed = true
+		return
+	}
+	dst := pw.w.Header()
+	for k, vs := range pw.header {
+		dst[k] = vs
+	}
+	for _, h := range dropResponseHeaders {
+		dst.Del(h)
+	}
+	for _, h := range []string{"Content-Location", "Location"} {
+		if v := pw.header.Get(h); v != "" {
+			if nv, ok := pw.rewriteURL(v); ok {
+				dst.Set(h, nv)
+			}
+		}
+	}
+
+	if code != http.StatusNoContent && code != http.StatusNotModified {
+		ct := pw.header.Get("Content-Type")
+		mt, params, _ := mime.ParseMediaType(ct)
+		needJSON := mt == "application/dicom+json" || mt == "application/json" || strings.HasSuffix(mt, "+json")
+		needMultipart := strings.HasPrefix(mt, "multipart/") && params["boundary"] != ""
+		if needJSON || needMultipart {
+			if enc := strings.ToLower(strings.TrimSpace(pw.header.Get("Content-Encoding"))); enc != "" && enc != "identity" {
+				pw.failed = true
+				pw.early = imagesource.Errorf(http.StatusBadGateway, "exception",
+					"the PACS answered with Content-Encoding %q, which the gateway cannot rewrite; disable compression on the PACS or the transport", enc)
+				return
+			}
+			// The length changes when URLs are rewritten.
+			dst.Del("Content-Length")
+		}
+		switch {
+		case pw.head:
+		case needJSON:
+			pw.body = newJSONFilter(pw.w, pw.src.jsonNeedles(), jsonString(pw.repl))
+		case needMultipart:
+			pw.body = newMultipartFilter(pw.w, params["boundary"], pw.src.needles, pw.repl)
+		}
+	}
+	pw.started = true
+	pw.w.WriteHeader(code)
+}
+
+func (pw *proxyWriter) Write(p []byte) (int, error) {
+	if !pw.started && !pw.failed {
+		pw.WriteHeader(http.StatusOK)
+	}
+	if pw.failed {
+		if room := maxErrorBody - len(pw.errBody); room > 0 {
+			if len(p) < room {
+				room = len(p)
+			}
+			pw.errBody = append(pw.errBody, p[:room]...)
+		}
+		return len(p), nil
+	}
+	if pw.head {
+		return len(p), nil
+	}
+	var err error
+	if pw.body != nil {
+		_, err = pw.body.Write(p)
+	} else {
+		_, err = pw.w.Write(p)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if err := pw.FlushError(); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// FlushError flushes what was passed on to the client. Held-back bytes
+// (a possible start of a URL to rewrite) stay held back.
+func (pw *proxyWriter) FlushError() error {
+	if !pw.started {
+		return nil
+	}
+	err := http.NewResponseController(pw.w).Flush()
+	if errors.Is(err, http.ErrNotSupported) {
+		return nil
+	}
+	return err
+}
+
+// Flush is FlushError for callers that use http.Flusher.
+func (pw *proxyWriter) Flush() { _ = pw.FlushError() }
+
+// finish turns the proxy's outcome into Retrieve's result.
+func (pw *proxyWriter) finish(perr error) error {
+	if pw.started {
+		if perr != nil {
+			return fmt.Errorf("dicomweb: the PACS's answer broke off: %w", perr)
+		}
+		if pw.body != nil {
+			if err := pw.body.Close(); err != nil {
+				if errors.Is(err, errTruncated) {
+					pw.src.logger.Warn("upstream answer ended early", zap.String("path", pw.relPath), zap.Int("status", pw.status))
+				}
+				return fmt.Errorf("dicomweb: %w", err)
+			}
+		}
+		return pw.FlushError()
+	}
+	if pw.early != nil {
+		return pw.early
+	}
+	if pw.failed {
+		e := retrieveStatusError(pw.status, pw.header.Get("Retry-After"), errorDetail(pw.errBody))
+		e.Err = fmt.Errorf("WADO-RS %s: HTTP %d", pw.relPath, pw.status)
+		if pw.status == http.StatusUnauthorized || pw.status == http.StatusForbidden || pw.status >= 500 {
+			pw.src.logger.Warn("PACS refused a retrieve", zap.String("path", pw.relPath), zap.Int("status", pw.status))
+		}
+		return e
+	}
+	if perr == nil {
+		return imagesource.Errorf(http.StatusBadGateway, "exception", "the PACS sent no answer")
+	}
+	var he caddyhttp.HandlerError
+	if errors.As(perr, &he) {
+		switch {
+		case he.StatusCode == http.StatusGatewayTimeout:
+			return &imagesource.Error{Status: http.StatusGatewayTimeout, Code: "timeout",
+				Message: "the PACS did not answer in time", Err: perr}
+		case he.StatusCode == 499:
+			return fmt.Errorf("dicomweb: the client went away: %w", perr)
+		}
+	}
+	if isTimeout(perr) {
+		return &imagesource.Error{Status: http.StatusGatewayTimeout, Code: "timeout",
+			Message: "the PACS did not answer in time", Err: perr}
+	}
+	return &imagesource.Error{Status: http.StatusBadGateway, Code: "exception",
+		Message: "the PACS could not be reached (" + describeNetError(perr) + ")", Err: perr}
+}
+
+// rewriteURL maps an absolute URL under the PACS's DICOMweb root onto the
+// public base; any other value is dropped (ok false).
+func (pw *proxyWriter) rewriteURL(v string) (string, bool) {
+	for _, n := range pw.src.needles {
+		if strings.HasPrefix(v, n) {
+			return pw.repl + v[len(n):], true
+		}
+	}
+	return "", false
+}
+
+// jsonNeedles are the PACS URL prefixes as they may appear inside JSON
+// strings: plain, and with escaped slashes.
+func (s *Source) jsonNeedles() []string {
+	out := append([]string(nil), s.needles...)
+	for _, n := range s.needles {
+		out = append(out, strings.ReplaceAll(n, "/", `\/`))
+	}
+	return out
+}
+
+// jsonString escapes s for use inside a JSON string.
+func jsonString(s string) string {
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s)
+	out := strings.TrimSpace(b.String())
+	return out[1 : len(out)-1]
+}
