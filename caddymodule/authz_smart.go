@@ -79,7 +79,7 @@ func (m *SmartAuthz) Provision(ctx caddy.Context) error {
 			cfg.Audience = []string{base}
 		}
 	}
-	client := &http.Client{Timeout: smart.DefaultTimeout}
+	client := &http.Client{Timeout: smart.DefaultTimeout, CheckRedirect: noRedirects}
 	if cfg.Timeout > 0 {
 		client.Timeout = time.Duration(cfg.Timeout)
 	}

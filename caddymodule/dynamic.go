@@ -174,6 +174,9 @@ func (d *dynamicTenants) provision(raw []byte, key, parentRoute string) (*Handle
 	if imagesKind != "dicomweb" {
 		return nil, nil, bad("images kind %q is not allowed: only dicomweb (a folder would expose this server's files)", imagesKind)
 	}
+	if err := onlyFields(doc.Images, dynamicImagesFields); err != nil {
+		return nil, nil, bad("images: %v", err)
+	}
 	for _, part := range []struct {
 		name string
 		raw  json.RawMessage
@@ -209,6 +212,24 @@ func (d *dynamicTenants) provision(raw []byte, key, parentRoute string) (*Handle
 	d.parent.logger.Info("dynamic config provisioned", zap.String("config_hash", key[:16]),
 		zap.String("authz", authzKind), zap.String("images", imagesKind))
 	return child, cancel, nil
+}
+
+// dynamicImagesFields are the dicomweb options a dynamic config may set.
+// The reverse proxy block ("proxy": upstream dial addresses, transports) is
+// not among them: it would name hosts outside the allow list's reach.
+var dynamicImagesFields = []string{"kind", "base_url", "lookup", "username", "password", "bearer", "qido_timeout", "max_concurrent_qido"}
+
+func onlyFields(raw json.RawMessage, allowed []string) error {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return err
+	}
+	for k := range m {
+		if !slices.Contains(allowed, k) {
+			return fmt.Errorf("field %q is not allowed in a dynamic config (allowed: %s)", k, strings.Join(allowed, ", "))
+		}
+	}
+	return nil
 }
 
 func kindOf(raw json.RawMessage) (string, error) {
@@ -264,6 +285,15 @@ func (d *dynamicTenants) checkString(path, s string) error {
 	}
 	if !strings.Contains(s, ":") {
 		return nil
+	}
+	if !strings.Contains(s, "://") {
+		// "host:port", including forms url.Parse refuses ("10.0.0.1:80").
+		if host, _, err := net.SplitHostPort(s); err == nil && host != "" && !strings.ContainsAny(s, "/ ") {
+			if !d.allowed(s) {
+				return fmt.Errorf("%s: host %q is not on this route's allow list", path, s)
+			}
+			return nil
+		}
 	}
 	u, err := url.Parse(s)
 	if err != nil || u.Scheme == "" {

@@ -80,8 +80,23 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) error 
 }
 
 // hasErrorRoutes reports whether the server running r has handle_errors
-// routes configured.
+// routes for this request. Sites share a server per port, and each site's
+// error routes are guarded by its host matchers: a site without
+// handle_errors must still get the OperationOutcome, not an empty answer.
 func hasErrorRoutes(r *http.Request) bool {
 	srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
-	return ok && srv != nil && srv.Errors != nil && len(srv.Errors.Routes) > 0
+	if !ok || srv == nil || srv.Errors == nil {
+		return false
+	}
+	for _, rt := range srv.Errors.Routes {
+		if match, err := rt.MatcherSets.AnyMatchWithError(r); err == nil && match {
+			return true
+		}
+	}
+	return false
 }
+
+// noRedirects makes an http.Client return a redirect as the answer instead
+// of following it: the gateway talks to the PACS and the EHR at the URLs it
+// was configured with, never at a host an upstream names.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }

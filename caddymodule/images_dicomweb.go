@@ -120,7 +120,7 @@ func (m *DICOMwebImages) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("images dicomweb: reverse proxy: %w", err)
 	}
 	m.provisioned = true
-	client := &http.Client{Transport: m.Proxy.Transport}
+	client := &http.Client{Transport: m.Proxy.Transport, CheckRedirect: noRedirects}
 	src, err := dicomweb.New(cfg, m.Proxy, client, ctx.Logger())
 	if err != nil {
 		return fmt.Errorf("images dicomweb: %w", err)

@@ -49,7 +49,7 @@ func (f *FolderImages) Provision(ctx caddy.Context) error {
 	}
 	src, err := folder.Open(root, ctx.Logger())
 	if err != nil {
-		return fmt.Errorf("images folder: %w", err)
+		return fmt.Errorf("images folder %s: %w (give an existing, readable directory of DICOM files)", root, err)
 	}
 	f.src = src
 	return nil
