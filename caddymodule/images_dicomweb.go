@@ -297,3 +297,6 @@ var (
 	_ caddy.CleanerUpper    = (*DICOMwebImages)(nil)
 	_ caddyfile.Unmarshaler = (*DICOMwebImages)(nil)
 )
+
+// Check runs one QIDO-RS query against the PACS (readiness).
+func (m *DICOMwebImages) Check(ctx context.Context) error { return m.src.Check(ctx) }

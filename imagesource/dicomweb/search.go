@@ -300,3 +300,10 @@ func (s *Source) qido(ctx context.Context, path string, query url.Values) ([]dic
 func encodeQuery(v url.Values) string {
 	return strings.NewReplacer("+", "%20", "%2C", ",").Replace(v.Encode())
 }
+
+// Check asks the PACS for at most one study, for readiness probes: it
+// proves the PACS answers QIDO-RS with the configured credentials.
+func (s *Source) Check(ctx context.Context) error {
+	_, err := s.qido(ctx, "studies", url.Values{"limit": {"1"}, "includefield": {"0020000D"}})
+	return err
+}
