@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -65,6 +66,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("authz needs a kind: mock or smart-on-fhir")
 			}
 			kind := d.Val()
+			if err := knownKind(d, "http.handlers.smart_imaging.authz", kind); err != nil {
+				return err
+			}
 			mod, err := caddyfile.UnmarshalModule(d, "http.handlers.smart_imaging.authz."+kind)
 			if err != nil {
 				return d.Errf("authz %s: %v", kind, err)
@@ -78,6 +82,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("images needs a kind: folder or dicomweb")
 			}
 			kind := d.Val()
+			if err := knownKind(d, "http.handlers.smart_imaging.images", kind); err != nil {
+				return err
+			}
 			mod, err := caddyfile.UnmarshalModule(d, "http.handlers.smart_imaging.images."+kind)
 			if err != nil {
 				return d.Errf("images %s: %v", kind, err)
@@ -174,3 +181,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // Interface guard.
 var _ caddyfile.Unmarshaler = (*Handler)(nil)
+
+// knownKind checks that kind names a module of the namespace, listing the
+// known kinds when it does not.
+func knownKind(d *caddyfile.Dispenser, namespace, kind string) error {
+	if _, err := caddy.GetModule(namespace + "." + kind); err == nil {
+		return nil
+	}
+	var kinds []string
+	for _, m := range caddy.GetModules(namespace) {
+		kinds = append(kinds, m.ID.Name())
+	}
+	return d.Errf("unknown %s kind '%s' (known: %s)", namespace[strings.LastIndex(namespace, ".")+1:], kind, strings.Join(kinds, ", "))
+}

@@ -105,9 +105,12 @@ func ParseSearch(q url.Values, strict bool) (Search, error) {
 			}
 		case "patient.identifier", "subject.identifier":
 			for _, v := range values {
-				for _, one := range strings.Split(v, ",") {
-					s.PatientIdentifiers = append(s.PatientIdentifiers, parseToken(one))
+				// One PACS key per value: a list (or a comma inside a key)
+				// would widen the PACS query.
+				if strings.Contains(v, ",") {
+					return s, searchErrorf("%s takes one system|value, not a list", name)
 				}
+				s.PatientIdentifiers = append(s.PatientIdentifiers, parseToken(v))
 			}
 		case "identifier":
 			s.IdentifierGiven = true
@@ -180,7 +183,8 @@ func ParseSearch(q url.Values, strict bool) (Search, error) {
 				}
 			}
 		case "_format":
-			v := last(values)
+			// An unencoded '+' (application/fhir+json) arrives as a space.
+			v := strings.ReplaceAll(last(values), " ", "+")
 			if v != "json" && v != "application/fhir+json" && v != "application/json" {
 				return s, searchErrorf("_format=%s is not supported: this server speaks JSON only", v)
 			}
@@ -268,10 +272,36 @@ func parseDateFilter(v string) (DateFilter, error) {
 	for _, l := range layouts {
 		if t, err := time.Parse(l.layout, v); err == nil {
 			f.Start, f.End = t, l.step(t)
+			if n := fractionDigits(v); n > 0 {
+				// time.Parse accepts a fraction after the seconds of any
+				// layout: the range is one unit of its last digit.
+				step := time.Second
+				for range min(n, 9) {
+					step /= 10
+				}
+				f.End = t.Add(step)
+			}
 			return f, nil
 		}
 	}
 	return f, searchErrorf("_lastUpdated value %q is not a FHIR date or dateTime", v)
+}
+
+// fractionDigits counts the digits of the fraction of seconds in a FHIR
+// dateTime (0 when there is none).
+func fractionDigits(v string) int {
+	_, tm, ok := strings.Cut(v, "T")
+	if !ok || len(tm) < 9 || (tm[8] != '.' && tm[8] != ',') {
+		return 0
+	}
+	n := 0
+	for _, c := range tm[9:] {
+		if c < '0' || c > '9' {
+			break
+		}
+		n++
+	}
+	return n
 }
 
 // StudyUpdated is the time _lastUpdated is compared with: DICOMweb has no
@@ -283,10 +313,14 @@ func StudyUpdated(ds dicomjson.Dataset, zone *time.Location) (time.Time, bool) {
 	if !ok {
 		return time.Time{}, false
 	}
-	h, mi, sec := 0, 0, 0
+	h, mi, sec, ns := 0, 0, 0, 0
 	if tm := strings.TrimSpace(ds.String(dicomjson.TagStudyTime)); tm != "" {
-		if hh, mm, ss, _, ok := parseTM(tm); ok {
+		if hh, mm, ss, frac, ok := parseTM(tm); ok {
 			h, mi, sec = hh, mm, ss
+			if frac != "" {
+				// At most 6 digits (parseTM): scale to nanoseconds.
+				ns = atoi(frac + strings.Repeat("0", 9-len(frac)))
+			}
 		}
 	}
 	loc := zone
@@ -296,5 +330,5 @@ func StudyUpdated(ds dicomjson.Dataset, zone *time.Location) (time.Time, bool) {
 	if off, ok := parseOffset(strings.TrimSpace(ds.String(dicomjson.TagTimezoneOffsetFromUTC))); ok {
 		loc = time.FixedZone("", off*60)
 	}
-	return time.Date(y, time.Month(mo), d, h, mi, sec, 0, loc), true
+	return time.Date(y, time.Month(mo), d, h, mi, sec, ns, loc), true
 }
