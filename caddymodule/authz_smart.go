@@ -60,6 +60,13 @@ func (m *SmartAuthz) Provision(ctx caddy.Context) error {
 		return out
 	}
 	cfg := m.Config
+	for _, sec := range []struct{ name, value string }{
+		{"private_key", cfg.PrivateKey}, {"client_secret", cfg.ClientSecret}, {"fhir_base_url", cfg.FHIRBaseURL}, {"client_id", cfg.ClientID},
+	} {
+		if strings.Contains(sec.value, "{env.") && strings.TrimSpace(r(sec.value)) == "" {
+			return fmt.Errorf("authz smart-on-fhir: %s %s is empty: set the environment variable", sec.name, sec.value)
+		}
+	}
 	cfg.FHIRBaseURL = r(cfg.FHIRBaseURL)
 	cfg.ClientID = r(cfg.ClientID)
 	cfg.ClientSecret = r(cfg.ClientSecret)

@@ -43,7 +43,7 @@ func TestCaddyfileAdapt(t *testing.T) {
 				}
 				return
 			}
-			if !caddytest.CompareAdapt(t, f, caddyfile, "caddyfile", strings.TrimRight(expected, "\n")) {
+			if !caddytest.CompareAdapt(t, f, strings.TrimRight(caddyfile, "\n")+"\n", "caddyfile", strings.TrimRight(expected, "\n")) {
 				t.Errorf("%s: adapted JSON differs from the golden copy (run go test ./integration -run TestCaddyfileAdapt -update to accept)", f)
 			}
 		})
