@@ -97,6 +97,7 @@ func (m *SmartAuthz) Provision(ctx caddy.Context) error {
 		}
 		return fmt.Errorf("authz smart-on-fhir: %w", err)
 	}
+	impl.SetCacheObserver(func(result string) { AuthzCacheLookups.WithLabelValues(result).Inc() })
 	m.impl = impl
 	return nil
 }

@@ -58,6 +58,7 @@ type Authorizer struct {
 	s          *settings
 	client     *http.Client
 	jwksClient *http.Client
+	observer   func(result string)
 	logger     *zap.Logger
 	now        func() time.Time
 
@@ -167,6 +168,17 @@ func wellFormedToken(t string) bool {
 	return true
 }
 
+// SetCacheObserver registers a function told of every token cache lookup:
+// "hit", "miss" (the EHR is asked) or "collapsed" (answered by a concurrent
+// lookup of the same token). Call it before serving requests.
+func (a *Authorizer) SetCacheObserver(f func(result string)) { a.observer = f }
+
+func (a *Authorizer) observe(result string) {
+	if a.observer != nil {
+		a.observer(result)
+	}
+}
+
 // Authorize validates the request's bearer token. Failures are *authz.Error.
 func (a *Authorizer) Authorize(r *http.Request) (*authz.Principal, error) {
 	token := authz.BearerToken(r)
@@ -178,12 +190,15 @@ func (a *Authorizer) Authorize(r *http.Request) (*authz.Principal, error) {
 	}
 	key := tokenKey(token)
 	if e, ok := a.tokens.get(key, a.now()); ok {
+		a.observe("hit")
 		return e.result()
 	}
 	v, err := a.flight(r.Context(), "token:"+key, func(ctx context.Context) (any, error) {
 		if e, ok := a.tokens.get(key, a.now()); ok {
+			a.observe("collapsed")
 			return e, nil
 		}
+		a.observe("miss")
 		e, fail := a.check(ctx, token)
 		if fail != nil {
 			return nil, fail
