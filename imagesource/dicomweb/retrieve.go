@@ -7,6 +7,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -161,6 +162,10 @@ func upstreamAccept(p wadopath.Path, values []string) (string, error) {
 	if len(joined) > maxAcceptLen {
 		return "", imagesource.Errorf(http.StatusBadRequest, "invalid", "the Accept header is longer than %d bytes", maxAcceptLen)
 	}
+	if p.Resource == wadopath.Objects && !acceptsObjects(joined) {
+		return "", imagesource.Errorf(http.StatusNotAcceptable, "not-supported",
+			`DICOM objects are served as multipart/related; type="application/dicom" (or application/dicom for one instance)`)
+	}
 	if p.Resource != wadopath.Metadata {
 		return joined, nil
 	}
@@ -182,6 +187,33 @@ func upstreamAccept(p wadopath.Path, values []string) (string, error) {
 	}
 	return "", imagesource.Errorf(http.StatusNotAcceptable, "not-supported",
 		"metadata is available as application/dicom+json only")
+}
+
+// acceptsObjects reports whether an Accept header leaves room for DICOM
+// objects, the only answer a study, series or instance retrieve has:
+// multipart/related (whatever its type parameter: the PACS decides),
+// application/dicom, or a wildcard. A header that names only other types
+// (application/zip, text/html, …) is refused with 406 before the PACS is
+// asked, as the folder source does; Orthanc would answer 400. A range that
+// does not parse is left for the PACS to judge.
+func acceptsObjects(accept string) bool {
+	if strings.TrimSpace(accept) == "" {
+		return true
+	}
+	for _, part := range strings.Split(accept, ",") {
+		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
+		if err != nil && !errors.Is(err, mime.ErrInvalidMediaParameter) {
+			return true
+		}
+		if q, err := strconv.ParseFloat(params["q"], 64); err == nil && q == 0 {
+			continue // explicitly not acceptable
+		}
+		switch mt {
+		case "*/*", "multipart/*", "multipart/related", "application/*", "application/dicom":
+			return true
+		}
+	}
+	return false
 }
 
 // proxyWriter sits between the reverse proxy and the client. It holds the
@@ -225,6 +257,11 @@ func (pw *proxyWriter) WriteHeader(code int) {
 	}
 	for _, h := range dropResponseHeaders {
 		dst.Del(h)
+	}
+	// Patient images are for this caller only, whatever the PACS says
+	// about caching: no shared cache may keep them (as the folder source).
+	if cc := strings.ToLower(dst.Get("Cache-Control")); !strings.Contains(cc, "private") && !strings.Contains(cc, "no-store") {
+		dst.Set("Cache-Control", "private")
 	}
 	for _, h := range []string{"Content-Location", "Location"} {
 		if v := pw.header.Get(h); v != "" {

@@ -154,6 +154,9 @@ func TestRetrieveBuildsTheUpstreamRequest(t *testing.T) {
 	if resp.StatusCode != 200 || string(body) != "PNG" || resp.Header.Get("Content-Type") != "image/png" {
 		t.Fatalf("client got %d %q %q", resp.StatusCode, resp.Header.Get("Content-Type"), body)
 	}
+	if cc := resp.Header.Get("Cache-Control"); cc != "private" {
+		t.Errorf("Cache-Control = %q, want private (the PACS sent none)", cc)
+	}
 
 	got := up.last(t)
 	if got.URL.Path != "/dicom-web/studies/1.2/series/3.4/instances/5.6/rendered" {
@@ -309,6 +312,71 @@ func TestRetrieveMetadataAccept(t *testing.T) {
 		}
 		if got := up.last(t).Header.Get("Accept"); got != "application/dicom+json" {
 			t.Errorf("Accept %q: upstream Accept = %q", accept, got)
+		}
+	}
+}
+
+func TestRetrieveObjectsAccept(t *testing.T) {
+	s, up, _ := retrieveSetup(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", `multipart/related; type="application/dicom"; boundary=B`)
+		w.Write([]byte("--B--\r\n"))
+	}, nil)
+	retrieve := func(path, accept string) error {
+		r := httptest.NewRequest(http.MethodGet, "/"+path, nil)
+		if accept != "" {
+			r.Header.Set("Accept", accept)
+		}
+		return s.Retrieve(httptest.NewRecorder(), r, imagesource.Retrieval{Path: mustParse(t, path), PublicBase: publicBase})
+	}
+	// Nothing a study, series or instance retrieve can answer: 406, and
+	// the PACS is not asked (Orthanc would say 400).
+	for _, accept := range []string{"application/zip", "application/json, text/html", `multipart/related; type="application/dicom"; q=0, application/zip`} {
+		err := retrieve("studies/1.2", accept)
+		if e, ok := imagesource.AsError(err); !ok || e.Status != http.StatusNotAcceptable {
+			t.Errorf("Accept %q: err = %v, want 406", accept, err)
+		}
+	}
+	if len(up.reqs) != 0 {
+		t.Errorf("the PACS was asked %d times for answers the client does not accept", len(up.reqs))
+	}
+	// DICOM objects, wildcards, an unquoted type and a range the gateway
+	// cannot parse pass through unchanged.
+	for _, accept := range []string{"", "*/*", `multipart/related; type="application/dicom"; transfer-syntax=*`,
+		"multipart/related; type=application/dicom", "application/zip, multipart/related", "application/dicom", "not a media type"} {
+		if err := retrieve("studies/1.2/series/1.3/instances/1.4", accept); err != nil {
+			t.Errorf("Accept %q: %v", accept, err)
+			continue
+		}
+		if got := up.last(t).Header.Get("Accept"); got != accept {
+			t.Errorf("Accept %q: upstream Accept = %q", accept, got)
+		}
+	}
+	// Other resources keep their own rules: frames pass through.
+	if err := retrieve("studies/1.2/series/1.3/instances/1.4/frames/1", "application/zip"); err != nil {
+		if e, ok := imagesource.AsError(err); ok && e.Status == http.StatusNotAcceptable {
+			t.Errorf("frames with Accept application/zip refused by the gateway: %v", err)
+		}
+	}
+}
+
+func TestRetrieveKeepsAnswersPrivate(t *testing.T) {
+	for pacs, want := range map[string]string{
+		"public, max-age=3600": "private",
+		"max-age=60, private":  "max-age=60, private",
+		"no-store":             "no-store",
+	} {
+		s, _, _ := retrieveSetup(t, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Cache-Control", pacs)
+			w.Header().Set("Content-Type", "image/png")
+			w.Write([]byte("PNG"))
+		}, nil)
+		resp, err := http.Get(gateway(t, s).URL + "/studies/1.2/series/3.4/instances/5.6/rendered")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := resp.Header.Get("Cache-Control"); got != want {
+			t.Errorf("PACS Cache-Control %q: client got %q, want %q", pacs, got, want)
 		}
 	}
 }

@@ -1,11 +1,13 @@
 package dicomweb
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 
@@ -48,7 +50,12 @@ var seriesFields = []string{
 	dicomjson.TagSeriesInstanceUID,
 	dicomjson.TagSeriesNumber,
 	dicomjson.TagNumberOfSeriesRelatedInst,
+	tagBodyPartExamined,
 }
+
+// tagBodyPartExamined is BodyPartExamined (0018,0015), which the FHIR
+// mapping shows as the series' bodySite.
+const tagBodyPartExamined = "00180015"
 
 // FindStudies asks the PACS for the studies matching q, then for each
 // study's series (concurrently, at most MaxConcurrentQIDO calls at a time).
@@ -170,12 +177,33 @@ func (s *Source) FindStudies(ctx context.Context, q imagesource.Query) ([]images
 			stripPACSURLs(ds)
 			studies[i].Series = append(studies[i].Series, imagesource.Series{Attributes: ds})
 		}
+		// The PACS's order is arbitrary: series by number (numbered ones
+		// first), then UID, as the folder source lists them.
+		slices.SortStableFunc(studies[i].Series, compareSeries)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	return studies, nil
+}
+
+// compareSeries orders series by SeriesNumber (numbered ones first), then
+// by SeriesInstanceUID.
+func compareSeries(a, b imagesource.Series) int {
+	an, aok := a.Attributes.Int(dicomjson.TagSeriesNumber)
+	bn, bok := b.Attributes.Int(dicomjson.TagSeriesNumber)
+	switch {
+	case aok && bok:
+		if c := cmp.Compare(an, bn); c != 0 {
+			return c
+		}
+	case aok:
+		return -1
+	case bok:
+		return 1
+	}
+	return cmp.Compare(a.Attributes.String(dicomjson.TagSeriesInstanceUID), b.Attributes.String(dicomjson.TagSeriesInstanceUID))
 }
 
 // samePatientID reports whether the study's PatientID is key exactly

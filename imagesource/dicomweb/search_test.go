@@ -415,3 +415,41 @@ func TestParseRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+func TestFindStudiesSeriesOrderAndFields(t *testing.T) {
+	numbered := func(uid string, n int) dicomjson.Dataset {
+		ds := series("1.1", uid)
+		if n > 0 {
+			ds.SetInt(dicomjson.TagSeriesNumber, "IS", n)
+		}
+		return ds
+	}
+	var includefield string
+	srv := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/dicom-web/studies":
+			writeList(w, []dicomjson.Dataset{study("1.1", "A")})
+		case "/dicom-web/studies/1.1/series":
+			includefield = r.URL.Query().Get("includefield")
+			// The PACS's own order: not by number.
+			writeList(w, []dicomjson.Dataset{numbered("1.1.9", 0), numbered("1.1.3", 10), numbered("1.1.5", 2), numbered("1.1.4", 2), numbered("1.1.1", 0)})
+		default:
+			http.NotFound(w, r)
+		}
+	})
+	s, _ := newTestSource(t, srv, Config{})
+	got, err := s.FindStudies(context.Background(), imagesource.Query{All: true})
+	if err != nil || len(got) != 1 {
+		t.Fatalf("FindStudies: %v, %d studies", err, len(got))
+	}
+	var order []string
+	for _, se := range got[0].Series {
+		order = append(order, se.Attributes.String(dicomjson.TagSeriesInstanceUID))
+	}
+	if want := "1.1.4 1.1.5 1.1.3 1.1.1 1.1.9"; strings.Join(order, " ") != want {
+		t.Errorf("series order %v, want %s (by number, unnumbered last, then UID)", order, want)
+	}
+	if !strings.Contains(includefield, "00180015") {
+		t.Errorf("series includefield %q does not ask for BodyPartExamined", includefield)
+	}
+}
