@@ -20,6 +20,10 @@ import (
 // renderedParams are the query parameters DICOMweb defines for rendered
 // and thumbnail resources (PS3.18 §8.3.5.1). No other resource gets any
 // query parameter: media types travel in the Accept header.
+// thumbnailViewport is the size a thumbnail is rendered at when the client
+// names none.
+const thumbnailViewport = "128,128"
+
 var renderedParams = []string{"quality", "viewport", "window", "iccprofile", "annotation", "charset"}
 
 // passRequestHeaders are the client headers the PACS sees. Everything else
@@ -67,11 +71,21 @@ func (s *Source) Retrieve(w http.ResponseWriter, r *http.Request, req imagesourc
 	if err != nil {
 		return err
 	}
-	rel := req.Path.String()
+	path := req.Path
+	clientQuery := r.URL.Query()
+	if path.Resource == wadopath.Thumbnail {
+		// Thumbnails are asked for as small renderings: PACSes without the
+		// thumbnail resource (Orthanc's plugin before 1.19) all have rendered.
+		path.Resource = wadopath.Rendered
+		if clientQuery.Get("viewport") == "" {
+			clientQuery.Set("viewport", thumbnailViewport)
+		}
+	}
+	rel := path.String()
 	if _, err := wadopath.Parse(rel); err != nil {
 		return &imagesource.Error{Status: http.StatusBadRequest, Code: "invalid", Message: err.Error(), Err: err}
 	}
-	query, err := upstreamQuery(req.Path, r.URL.Query())
+	query, err := upstreamQuery(path, clientQuery)
 	if err != nil {
 		return err
 	}
