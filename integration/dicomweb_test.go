@@ -252,6 +252,12 @@ func TestDICOMwebGatewayAgainstOrthanc(t *testing.T) {
 			if err != nil || img.Bounds().Dx() != 32 {
 				t.Errorf("rendered: %v, %v", err, img)
 			}
+			// Orthanc's plugin 1.7 has no thumbnail resource: the gateway
+			// asks for a small rendering instead.
+			thumb := get(t, tc, instURL+"/thumbnail", "image/jpeg", http.StatusOK, "image/jpeg")
+			if img, _, err := image.Decode(strings.NewReader(string(thumb))); err != nil || img.Bounds().Dx() == 0 || img.Bounds().Dx() > 128 {
+				t.Errorf("thumbnail: %v, %v", err, img)
+			}
 		})
 	}
 
