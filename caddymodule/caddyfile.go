@@ -192,5 +192,5 @@ func knownKind(d *caddyfile.Dispenser, namespace, kind string) error {
 	for _, m := range caddy.GetModules(namespace) {
 		kinds = append(kinds, m.ID.Name())
 	}
-	return d.Errf("unknown %s kind '%s' (known: %s)", namespace[strings.LastIndex(namespace, ".")+1:], kind, strings.Join(kinds, ", "))
+	return d.Errf("%s %s: unknown kind (known: %s)", namespace[strings.LastIndex(namespace, ".")+1:], kind, strings.Join(kinds, ", "))
 }
