@@ -80,7 +80,10 @@ type PersonName struct {
 // NormalizeTag turns "0020,000d", "(0020,000D)" or "0020000d" into
 // "0020000D". It reports false for anything that is not a tag.
 func NormalizeTag(s string) (string, bool) {
-	s = strings.NewReplacer("(", "", ")", "", ",", "").Replace(s)
+	if len(s) == 8 && isUpperHex(s) {
+		return s, true // the form every DICOM JSON key has: no work, no allocation
+	}
+	s = tagPunct.Replace(s)
 	if len(s) != 8 {
 		return "", false
 	}
@@ -331,4 +334,17 @@ func (ds Dataset) SetInt(tag, vr string, values ...int) {
 		vs[i] = json.Number(strconv.Itoa(v))
 	}
 	ds.Set(tag, vr, vs...)
+}
+
+// tagPunct removes the punctuation of the "(gggg,eeee)" tag forms.
+var tagPunct = strings.NewReplacer("(", "", ")", "", ",", "")
+
+func isUpperHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
 }

@@ -17,13 +17,13 @@ import (
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
 )
 
-// renderedParams are the query parameters DICOMweb defines for rendered
-// and thumbnail resources (PS3.18 §8.3.5.1). No other resource gets any
-// query parameter: media types travel in the Accept header.
 // thumbnailViewport is the size a thumbnail is rendered at when the client
 // names none.
 const thumbnailViewport = "128,128"
 
+// renderedParams are the query parameters DICOMweb defines for rendered
+// and thumbnail resources (PS3.18 §8.3.5.1). No other resource gets any
+// query parameter: media types travel in the Accept header.
 var renderedParams = []string{"quality", "viewport", "window", "iccprofile", "annotation", "charset"}
 
 // passRequestHeaders are the client headers the PACS sees. Everything else
@@ -335,9 +335,6 @@ func (pw *proxyWriter) Write(p []byte) (int, error) {
 		_, err = pw.w.Write(p)
 	}
 	if err != nil {
-		return 0, err
-	}
-	if err := pw.FlushError(); err != nil {
 		return 0, err
 	}
 	return len(p), nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strconv"
 )
 
 // errTruncated reports an upstream answer that ended before its syntax
@@ -190,11 +191,12 @@ const maxPartHeader = 64 << 10
 
 // multipart filter states.
 const (
-	mpStart      = iota // before the first delimiter
-	mpBody              // in a preamble or a part's content
-	mpAfterDelim        // just after a delimiter: "--" closes, else headers
-	mpHeaders           // in a part's header block
-	mpEpilogue          // after the close delimiter
+	mpStart       = iota // before the first delimiter
+	mpBody               // in a preamble or a part's content
+	mpAfterDelim         // just after a delimiter: "--" closes, else headers
+	mpHeaders            // in a part's header block
+	mpEpilogue           // after the close delimiter
+	mpExpectDelim        // after a part's Content-Length bytes: the delimiter must follow
 )
 
 // multipartFilter streams a multipart body, rewriting URLs in the part
@@ -212,6 +214,10 @@ type multipartFilter struct {
 	buf     []byte
 	out     []byte
 	closed  bool
+	// skip is how many body bytes of the current part still pass on
+	// unscanned: a part whose header gives its Content-Length is copied,
+	// not searched for the boundary (pixel data is most of a study).
+	skip int64
 }
 
 func newMultipartFilter(dst io.Writer, boundary string, needles []string, repl string) *multipartFilter {
@@ -225,13 +231,49 @@ func newMultipartFilter(dst io.Writer, boundary string, needles []string, repl s
 }
 
 func (f *multipartFilter) Write(p []byte) (int, error) {
-	f.buf = append(append(f.buf[:0], f.hold...), p...)
-	f.hold = f.hold[:0]
+	data := p
+	if len(f.hold) > 0 {
+		f.buf = append(append(f.buf[:0], f.hold...), p...)
+		f.hold = f.hold[:0]
+		data = f.buf
+	}
 	f.out = f.out[:0]
-	data := f.buf
 loop:
 	for len(data) > 0 {
+		if f.state == mpBody && f.skip > 0 {
+			k := int(min(int64(len(data)), f.skip))
+			if len(f.out) > 0 {
+				if _, err := f.dst.Write(f.out); err != nil {
+					return 0, err
+				}
+				f.out = f.out[:0]
+			}
+			if _, err := f.dst.Write(data[:k]); err != nil {
+				return 0, err
+			}
+			f.skip -= int64(k)
+			data = data[k:]
+			if f.skip == 0 {
+				f.state = mpExpectDelim
+			}
+			continue
+		}
 		switch f.state {
+		case mpExpectDelim:
+			if len(data) < len(f.delim) {
+				if !bytes.HasPrefix(f.delim, data) {
+					return 0, errPartLength
+				}
+				f.hold = append(f.hold, data...)
+				data = nil
+				break loop
+			}
+			if !bytes.HasPrefix(data, f.delim) {
+				return 0, errPartLength
+			}
+			f.out = append(f.out, f.delim...)
+			data = data[len(f.delim):]
+			f.state = mpAfterDelim
 		case mpStart:
 			if len(data) < len(f.dash) && bytes.HasPrefix(f.dash, data) {
 				f.hold = append(f.hold, data...)
@@ -287,6 +329,7 @@ loop:
 				break loop
 			}
 			end := from + j + 4
+			f.skip = partLength(f.hdr[:end])
 			f.out = append(f.out, replaceAll(f.hdr[:end], f.needles, f.repl)...)
 			data = f.hdr[end:]
 			f.hdr = nil
@@ -318,4 +361,26 @@ func (f *multipartFilter) Close() error {
 		return errTruncated
 	}
 	return nil
+}
+
+// errPartLength reports a part whose bytes do not end where its
+// Content-Length says: the stream is aborted rather than passing the rest
+// on unchecked.
+var errPartLength = errors.New("dicomweb: a multipart part from the PACS does not match its Content-Length")
+
+// partLength is the Content-Length of a part header block, 0 when absent
+// or invalid (the body is then scanned for the delimiter).
+func partLength(hdr []byte) int64 {
+	for _, line := range bytes.Split(hdr, []byte("\r\n")) {
+		name, val, ok := bytes.Cut(line, []byte(":"))
+		if !ok || !bytes.EqualFold(bytes.TrimSpace(name), []byte("Content-Length")) {
+			continue
+		}
+		n, err := strconv.ParseInt(string(bytes.TrimSpace(val)), 10, 64)
+		if err != nil || n < 0 {
+			return 0
+		}
+		return n
+	}
+	return 0
 }

@@ -3,6 +3,7 @@ package dicomweb
 import (
 	"bytes"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -113,7 +114,7 @@ func TestMultipartFilterEverySplit(t *testing.T) {
 	// The binary content holds the needle: it must not be touched.
 	content := "\x00\x01http://127.0.0.1:18042/dicom-web/\r\n--not-the-boundary\xff"
 	body := "preamble\r\n" +
-		part("Content-Type: application/octet-stream\r\nContent-Location: http://127.0.0.1:18042/dicom-web/studies/1/frames/1\r\nContent-Length: 46", content) +
+		part("Content-Type: application/octet-stream\r\nContent-Location: http://127.0.0.1:18042/dicom-web/studies/1/frames/1\r\nContent-Length: "+strconv.Itoa(len(content)), content) +
 		part("Content-Location: http://127.0.0.1:18042/dicom-web/studies/1/frames/2", content) +
 		"--" + testBoundary + "--\r\nepilogue"
 	want := strings.ReplaceAll(body, "Content-Location: http://127.0.0.1:18042/dicom-web/", "Content-Location: "+repl)
@@ -184,5 +185,29 @@ func TestJSONFilterReportsTruncation(t *testing.T) {
 func TestJSONString(t *testing.T) {
 	if got := jsonString(`https://gw/a<b>"c`); got != `https://gw/a<b>\"c` {
 		t.Errorf("jsonString = %q", got)
+	}
+}
+
+// A part whose Content-Length overstates its bytes would let the next
+// part's headers through unrewritten: the filter aborts instead.
+func TestMultipartFilterPartLengthMismatch(t *testing.T) {
+	needles := []string{"http://127.0.0.1:18042/dicom-web/"}
+	for _, n := range []int{3, 20} {
+		content := "0123456789"
+		body := part("Content-Length: "+strconv.Itoa(n), content) +
+			part("Content-Location: http://127.0.0.1:18042/dicom-web/studies/1", content) +
+			"--" + testBoundary + "--\r\n"
+		var out bytes.Buffer
+		f := newMultipartFilter(&out, testBoundary, needles, "https://gw/")
+		_, err := f.Write([]byte(body))
+		if err == nil {
+			err = f.Close()
+		}
+		if err == nil {
+			t.Errorf("Content-Length %d for %d bytes: no error", n, len(content))
+		}
+		if strings.Contains(out.String(), "127.0.0.1:18042") {
+			t.Errorf("Content-Length %d: the PACS URL went through: %q", n, out.String())
+		}
 	}
 }
