@@ -296,3 +296,6 @@ func (m *SmartAuthz) SMARTConfiguration(ctx context.Context) (map[string]any, er
 
 // Check tests the EHR's discovery document (readiness).
 func (m *SmartAuthz) Check(ctx context.Context) error { return m.impl.Check(ctx) }
+
+// restrictURLs makes every discovered EHR endpoint pass check.
+func (m *SmartAuthz) restrictURLs(check func(u string) error) { m.impl.SetURLCheck(check) }

@@ -177,6 +177,9 @@ func (d *dynamicTenants) provision(raw []byte, key, parentRoute string) (*Handle
 	if err := onlyFields(doc.Images, dynamicImagesFields); err != nil {
 		return nil, nil, bad("images: %v", err)
 	}
+	if err := inlineKeyOnly(doc.Authz); err != nil {
+		return nil, nil, bad("authz: %v", err)
+	}
 	for _, part := range []struct {
 		name string
 		raw  json.RawMessage
@@ -209,6 +212,16 @@ func (d *dynamicTenants) provision(raw []byte, key, parentRoute string) (*Handle
 		cancel()
 		return nil, nil, bad("%v", err)
 	}
+	if sa, ok := child.authorizer.(*SmartAuthz); ok {
+		// Endpoints the EHR's discovery names must be on the list too.
+		sa.restrictURLs(func(raw string) error {
+			u, err := url.Parse(raw)
+			if err != nil || (u.Scheme != "https" && u.Scheme != "http") || !d.allowed(u.Host) {
+				return fmt.Errorf("%q is not on this route's allow list", raw)
+			}
+			return nil
+		})
+	}
 	d.parent.logger.Info("dynamic config provisioned", zap.String("config_hash", key[:16]),
 		zap.String("authz", authzKind), zap.String("images", imagesKind))
 	return child, cancel, nil
@@ -232,6 +245,29 @@ func onlyFields(raw json.RawMessage, allowed []string) error {
 	return nil
 }
 
+// inlineKeyOnly refuses a private_key that is not the key itself: any
+// other value is a file name, and a dynamic config must not make the
+// server open (or probe for) its files.
+func inlineKeyOnly(raw json.RawMessage) error {
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return err
+	}
+	k, ok := m["private_key"].(string)
+	if !ok {
+		return nil
+	}
+	t := strings.TrimSpace(k)
+	if strings.HasPrefix(t, "{") || strings.HasPrefix(t, "-----BEGIN ") {
+		return nil
+	}
+	return errors.New("private_key must be the key itself (a JWK or PEM): file paths are not allowed in dynamic configs")
+}
+
+// notContacted are option names whose URLs name things, not servers the
+// gateway calls; they are checked for placeholders only.
+var notContacted = []string{"mrn_system", "audience", "issuer", "scope", "accept_scopes"}
+
 func kindOf(raw json.RawMessage) (string, error) {
 	var k struct {
 		Kind string `json:"kind"`
@@ -254,6 +290,12 @@ func (d *dynamicTenants) checkValues(raw json.RawMessage) error {
 		switch x := v.(type) {
 		case map[string]any:
 			for k, sub := range x {
+				if path == "" && slices.Contains(notContacted, k) {
+					if err := noPlaceholders(k, sub); err != nil {
+						return err
+					}
+					continue
+				}
 				if err := walk(path+"."+k, sub); err != nil {
 					return err
 				}
@@ -345,4 +387,21 @@ func (h *Handler) cleanupModules() {
 			}
 		}
 	}
+}
+
+// noPlaceholders refuses placeholders anywhere in v.
+func noPlaceholders(name string, v any) error {
+	b, _ := json.Marshal(v)
+	var strs []string
+	_ = json.Unmarshal(b, &strs)
+	var one string
+	if json.Unmarshal(b, &one) == nil {
+		strs = append(strs, one)
+	}
+	for _, s := range strs {
+		if strings.ContainsAny(s, "{}") {
+			return fmt.Errorf(".%s: placeholders are not allowed in dynamic configs", name)
+		}
+	}
+	return nil
 }

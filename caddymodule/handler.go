@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"path"
 	"strings"
 	"time"
 
@@ -326,6 +327,17 @@ func routePrefix(r *http.Request) (string, bool) {
 	orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request)
 	if !ok || orig.URL == nil {
 		return "", true
+	}
+	if p := orig.URL.Path; p != "" {
+		clean := path.Clean(p)
+		if strings.HasSuffix(p, "/") && clean != "/" {
+			clean += "/"
+		}
+		if clean != p {
+			// Dot segments or repeated slashes (also percent-encoded ones)
+			// anywhere in the path.
+			return "", false
+		}
 	}
 	op, cp := orig.URL.EscapedPath(), r.URL.EscapedPath()
 	if !strings.HasSuffix(op, cp) {

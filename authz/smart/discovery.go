@@ -82,6 +82,11 @@ func (a *Authorizer) endpoint(ctx context.Context, which string) (u string, disc
 	if _, err := checkURL(which, u); err != nil {
 		return "", false, badGateway("smart-configuration", "lists an unusable "+which, err)
 	}
+	if a.urlCheck != nil {
+		if err := a.urlCheck(u); err != nil {
+			return "", false, badGateway("smart-configuration", "lists a "+which+" this route may not call", err)
+		}
+	}
 	return u, true, nil
 }
 

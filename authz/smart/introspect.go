@@ -160,6 +160,10 @@ func (a *Authorizer) introspect(ctx context.Context, token string) (*claims, *au
 		}
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		req.Header.Set("Accept", "application/json")
+		// Introspection changes nothing at the EHR: let net/http replay it
+		// on a fresh connection when a kept-alive one was closed under it
+		// (a nil Idempotency-Key marks it idempotent and is not sent).
+		req.Header["Idempotency-Key"] = nil
 		var bt string
 		if a.s.key != nil {
 			if bt, fail = a.backendToken(ctx); fail != nil {

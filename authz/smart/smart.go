@@ -59,6 +59,7 @@ type Authorizer struct {
 	client     *http.Client
 	jwksClient *http.Client
 	observer   func(result string)
+	urlCheck   func(u string) error
 	logger     *zap.Logger
 	now        func() time.Time
 
@@ -167,6 +168,11 @@ func wellFormedToken(t string) bool {
 	}
 	return true
 }
+
+// SetURLCheck registers a check every endpoint found through discovery
+// must pass before the gateway calls it (dynamic configurations allow only
+// the hosts on their route's list). Call it before serving requests.
+func (a *Authorizer) SetURLCheck(f func(u string) error) { a.urlCheck = f }
 
 // SetCacheObserver registers a function told of every token cache lookup:
 // "hit", "miss" (the EHR is asked) or "collapsed" (answered by a concurrent
