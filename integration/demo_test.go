@@ -145,10 +145,12 @@ type searchResult struct {
 	bundle    map[string]any
 }
 
-func getJSON(t *testing.T, tc *caddytest.Tester, url string, wantStatus int) (map[string]any, *http.Response) {
+// fhirFetch GETs url with Accept and fails the test unless the status is
+// wantStatus; it returns the response (body closed) and the body.
+func fhirFetch(t *testing.T, tc *caddytest.Tester, url, accept string, wantStatus int) (*http.Response, []byte) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
-	req.Header.Set("Accept", "application/fhir+json")
+	req.Header.Set("Accept", accept)
 	resp, err := tc.Client.Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
@@ -156,8 +158,14 @@ func getJSON(t *testing.T, tc *caddytest.Tester, url string, wantStatus int) (ma
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != wantStatus {
-		t.Fatalf("GET %s: status %d, want %d; body: %s", url, resp.StatusCode, wantStatus, body)
+		t.Fatalf("GET %s: status %d, want %d; body: %.300s", url, resp.StatusCode, wantStatus, body)
 	}
+	return resp, body
+}
+
+func getJSON(t *testing.T, tc *caddytest.Tester, url string, wantStatus int) (map[string]any, *http.Response) {
+	t.Helper()
+	resp, body := fhirFetch(t, tc, url, "application/fhir+json", wantStatus)
 	var out map[string]any
 	if err := json.Unmarshal(body, &out); err != nil {
 		t.Fatalf("GET %s: body is not JSON: %v: %s", url, err, body)

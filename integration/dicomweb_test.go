@@ -125,17 +125,7 @@ func mintToken(t *testing.T, study, route string) string {
 // outcome checks an OperationOutcome answer and returns its diagnostics.
 func outcome(t *testing.T, tc *caddytest.Tester, url string, status int) string {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, url, nil)
-	req.Header.Set("Accept", "application/dicom+json, application/fhir+json")
-	resp, err := tc.Client.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != status {
-		t.Fatalf("GET %s: status %d, want %d; body %.300s", url, resp.StatusCode, status, body)
-	}
+	resp, body := fhirFetch(t, tc, url, "application/dicom+json, application/fhir+json", status)
 	var oo struct {
 		ResourceType string
 		Issue        []struct{ Diagnostics string }

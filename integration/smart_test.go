@@ -273,18 +273,7 @@ func (l *smartLeakCheck) RoundTrip(req *http.Request) (*http.Response, error) {
 // smartGet fetches url as FHIR JSON and checks the status.
 func smartGet(t *testing.T, tc *caddytest.Tester, url string, wantStatus int) (*http.Response, []byte) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, url, nil)
-	req.Header.Set("Accept", "application/fhir+json")
-	resp, err := tc.Client.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != wantStatus {
-		t.Fatalf("GET %s: status %d, want %d; body %.300s", url, resp.StatusCode, wantStatus, body)
-	}
-	return resp, body
+	return fhirFetch(t, tc, url, "application/fhir+json", wantStatus)
 }
 
 // smartRefused checks a refusal: status, an OperationOutcome body, and
