@@ -76,9 +76,10 @@ type key struct {
 }
 
 // Keyring holds the key that mints tokens and the older keys that still
-// open them. It is safe for concurrent use and immutable once built.
+// open them. It is safe for concurrent use; its keys are fixed once built.
 type Keyring struct {
-	keys []key // keys[0] is current
+	keys   []key // keys[0] is current
+	opened openedCache
 }
 
 // NewKeyring builds a keyring: current mints and opens, previous only open.
@@ -184,6 +185,9 @@ func (k *Keyring) Mint(c Claims) (string, error) {
 // key when it names none) and checks it has not expired at now. Every
 // failure wraps ErrInvalid or ErrExpired; messages never echo the token.
 func (k *Keyring) Open(token string, now time.Time) (Claims, error) {
+	if c, ok := k.opened.get(token); ok {
+		return checkExpiry(c, now)
+	}
 	kid, err := checkShape(token)
 	if err != nil {
 		return Claims{}, fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -221,6 +225,15 @@ func (k *Keyring) Open(token string, now time.Time) (Claims, error) {
 		Expiry:   time.Unix(*w.Expiry, 0),
 		IssuedAt: time.Unix(*w.IssuedAt, 0),
 	}
+	if _, err := checkExpiry(c, now); err != nil {
+		return Claims{}, err
+	}
+	k.opened.put(token, c, now)
+	return c, nil
+}
+
+// checkExpiry returns c if it is still valid at now.
+func checkExpiry(c Claims, now time.Time) (Claims, error) {
 	if !now.Before(c.Expiry) {
 		return Claims{}, fmt.Errorf("%w at %s", ErrExpired, c.Expiry.UTC().Format(time.RFC3339))
 	}

@@ -665,3 +665,52 @@ func BenchmarkOpen(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkOpenFirst is the first open of a token (decryption); later
+// opens of the same token (BenchmarkOpen) come from the keyring's memory.
+func BenchmarkOpenFirst(b *testing.B) {
+	k := mustKeyring(b, keyC, keyB, keyA)
+	tok := mustMint(b, mustKeyring(b, keyA), sampleClaims())
+	b.ReportAllocs()
+	for b.Loop() {
+		k.opened = openedCache{}
+		if _, err := k.Open(tok, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestOpenRemembersOnlyTokensThatOpened: a remembered token gives the
+// same claims as its first opening, tokens that failed are not remembered
+// (so refusals cannot fill the memory), and the memory stays bounded.
+func TestOpenRemembersOnlyTokensThatOpened(t *testing.T) {
+	k := mustKeyring(t, keyA)
+	c := sampleClaims()
+	tok := mustMint(t, k, c)
+	first, err := k.Open(tok, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := k.Open(tok, now)
+	if err != nil || again != first {
+		t.Fatalf("second open: %+v, %v; want %+v", again, err, first)
+	}
+	other := mustKeyring(t, keyB)
+	for _, bad := range []string{flip(t, tok, 3, 0), flip(t, tok, 4, -1), mustMint(t, other, c), tok + "x"} {
+		if _, err := k.Open(bad, now); err == nil {
+			t.Fatal("a bad token opened")
+		}
+	}
+	if _, err := k.Open(mustMint(t, k, c), c.Expiry); err == nil {
+		t.Fatal("an expired token opened")
+	}
+	if n := len(k.opened.m); n != 1 {
+		t.Fatalf("%d tokens remembered, want only the one that opened", n)
+	}
+	for i := 0; i < maxOpened+100; i++ {
+		k.opened.put(fmt.Sprintf("t%d", i), c, now)
+	}
+	if n := len(k.opened.m); n > maxOpened {
+		t.Fatalf("%d tokens remembered, want at most %d", n, maxOpened)
+	}
+}

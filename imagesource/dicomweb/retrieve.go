@@ -62,10 +62,12 @@ const (
 // When the PACS answers with an error status, nothing is written and an
 // *imagesource.Error is returned (400, 404 and 406 keep their status; 401
 // and 403 become 502 naming the credentials; 503 keeps its Retry-After;
-// other failures become 502, timeouts 504). When the answer has started
-// and then breaks, a plain error is returned (or the proxy's
-// http.ErrAbortHandler panic passes through) so the caller aborts the
-// connection: the client sees a broken transfer, never a short one.
+// other failures become 502, timeouts 504). The status line goes out with
+// the first body bytes, so an answer that breaks before any of it was
+// sent is also a 502. When it breaks later, a plain error is returned (or
+// the proxy's http.ErrAbortHandler panic passes through) so the caller
+// aborts the connection: the client sees a broken transfer, never a short
+// one.
 func (s *Source) Retrieve(w http.ResponseWriter, r *http.Request, req imagesource.Retrieval) error {
 	publicBase, err := checkPublicBase(req.PublicBase)
 	if err != nil {
@@ -123,8 +125,29 @@ func (s *Source) Retrieve(w http.ResponseWriter, r *http.Request, req imagesourc
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
 		return caddyhttp.Error(http.StatusBadGateway, errors.New("dicomweb: the reverse proxy passed the request on instead of answering it"))
 	})
-	perr := s.proxy.ServeHTTP(pw, r2, next)
-	return pw.finish(perr)
+	defer pw.abandon()
+	return pw.finish(s.serveProxy(pw, r2, next))
+}
+
+// errAbortedBeforeSending stands for the proxy's http.ErrAbortHandler
+// panic when nothing had reached the client yet.
+var errAbortedBeforeSending = errors.New("the proxy aborted the answer")
+
+// serveProxy runs the reverse proxy. Its abort panic (the answer broke
+// while streaming) is turned into an error when no byte had reached the
+// client, so finish can still answer with a clean 502; otherwise it
+// passes through and the connection is aborted.
+func (s *Source) serveProxy(pw *proxyWriter, r *http.Request, next caddyhttp.Handler) (perr error) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler && pw.started && pw.out != nil && !pw.out.headSent() {
+				perr = errAbortedBeforeSending
+				return
+			}
+			panic(v)
+		}
+	}()
+	return s.proxy.ServeHTTP(pw, r, next)
 }
 
 // checkPublicBase refuses a public base that could break out of a URL in a
@@ -245,10 +268,13 @@ type proxyWriter struct {
 
 	status  int  // upstream status
 	failed  bool // upstream status >= 400, or an answer we cannot pass on
-	started bool // status and headers written to w
+	started bool // a success status was accepted (sent to w with the first body bytes)
 	early   *imagesource.Error
 	errBody []byte
 	body    bodyFilter
+	// out gathers what goes to the client into large writes (nil until
+	// the status is known, and for HEAD).
+	out *coalescer
 }
 
 func (pw *proxyWriter) Header() http.Header { return pw.header }
@@ -265,31 +291,34 @@ func (pw *proxyWriter) WriteHeader(code int) {
 		pw.failed = true
 		return
 	}
-	dst := pw.w.Header()
+	out := make(http.Header, len(pw.header)+1)
 	for k, vs := range pw.header {
-		dst[k] = vs
+		out[k] = vs
 	}
 	for _, h := range dropResponseHeaders {
-		dst.Del(h)
+		out.Del(h)
 	}
 	// Patient images are for this caller only, whatever the PACS says
 	// about caching: no shared cache may keep them (as the folder source).
-	if cc := strings.ToLower(dst.Get("Cache-Control")); !strings.Contains(cc, "private") && !strings.Contains(cc, "no-store") {
-		dst.Set("Cache-Control", "private")
+	if cc := strings.ToLower(out.Get("Cache-Control")); !strings.Contains(cc, "private") && !strings.Contains(cc, "no-store") {
+		out.Set("Cache-Control", "private")
 	}
 	for _, h := range []string{"Content-Location", "Location"} {
 		if v := pw.header.Get(h); v != "" {
 			if nv, ok := pw.rewriteURL(v); ok {
-				dst.Set(h, nv)
+				out.Set(h, nv)
 			}
 		}
 	}
 
+	var needJSON, needMultipart bool
+	var boundary string
 	if code != http.StatusNoContent && code != http.StatusNotModified {
 		ct := pw.header.Get("Content-Type")
 		mt, params, _ := mime.ParseMediaType(ct)
-		needJSON := mt == "application/dicom+json" || mt == "application/json" || strings.HasSuffix(mt, "+json")
-		needMultipart := strings.HasPrefix(mt, "multipart/") && params["boundary"] != ""
+		boundary = params["boundary"]
+		needJSON = mt == "application/dicom+json" || mt == "application/json" || strings.HasSuffix(mt, "+json")
+		needMultipart = strings.HasPrefix(mt, "multipart/") && boundary != ""
 		if needJSON || needMultipart {
 			if enc := strings.ToLower(strings.TrimSpace(pw.header.Get("Content-Encoding"))); enc != "" && enc != "identity" {
 				pw.failed = true
@@ -298,18 +327,31 @@ func (pw *proxyWriter) WriteHeader(code int) {
 				return
 			}
 			// The length changes when URLs are rewritten.
-			dst.Del("Content-Length")
-		}
-		switch {
-		case pw.head:
-		case needJSON:
-			pw.body = newJSONFilter(pw.w, pw.src.jsonNeedles(), jsonString(pw.repl))
-		case needMultipart:
-			pw.body = newMultipartFilter(pw.w, params["boundary"], pw.src.needles, pw.repl)
+			out.Del("Content-Length")
 		}
 	}
 	pw.started = true
-	pw.w.WriteHeader(code)
+	// The status and headers reach the client with the first bytes of the
+	// body: an answer that breaks before any byte went out still becomes
+	// a clean 502 (see finish).
+	sendHead := func() {
+		dst := pw.w.Header()
+		for k, vs := range out {
+			dst[k] = vs
+		}
+		pw.w.WriteHeader(code)
+	}
+	if pw.head {
+		sendHead()
+		return
+	}
+	pw.out = newCoalescer(pw.w, sendHead)
+	switch {
+	case needJSON:
+		pw.body = newJSONFilter(pw.out, pw.src.jsonNeedles(), jsonString(pw.repl))
+	case needMultipart:
+		pw.body = newMultipartFilter(pw.out, boundary, pw.src.needles, pw.repl)
+	}
 }
 
 func (pw *proxyWriter) Write(p []byte) (int, error) {
@@ -325,14 +367,14 @@ func (pw *proxyWriter) Write(p []byte) (int, error) {
 		}
 		return len(p), nil
 	}
-	if pw.head {
+	if pw.head || pw.out == nil {
 		return len(p), nil
 	}
 	var err error
 	if pw.body != nil {
 		_, err = pw.body.Write(p)
 	} else {
-		_, err = pw.w.Write(p)
+		_, err = pw.out.Write(p)
 	}
 	if err != nil {
 		return 0, err
@@ -340,11 +382,15 @@ func (pw *proxyWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// FlushError flushes what was passed on to the client. Held-back bytes
-// (a possible start of a URL to rewrite) stay held back.
+// FlushError flushes what was passed on to the client, within
+// coalesceLatency. Held-back bytes (a possible start of a URL to rewrite)
+// stay held back.
 func (pw *proxyWriter) FlushError() error {
 	if !pw.started {
 		return nil
+	}
+	if pw.out != nil {
+		return pw.out.FlushError()
 	}
 	err := http.NewResponseController(pw.w).Flush()
 	if errors.Is(err, http.ErrNotSupported) {
@@ -356,21 +402,46 @@ func (pw *proxyWriter) FlushError() error {
 // Flush is FlushError for callers that use http.Flusher.
 func (pw *proxyWriter) Flush() { _ = pw.FlushError() }
 
+// abandon releases the coalescer if finish did not close it (an error, or
+// the proxy's abort panic): what it gathered is dropped, since the caller
+// aborts the connection.
+func (pw *proxyWriter) abandon() {
+	if pw.out != nil {
+		pw.out.discard()
+	}
+}
+
 // finish turns the proxy's outcome into Retrieve's result.
 func (pw *proxyWriter) finish(perr error) error {
 	if pw.started {
-		if perr != nil {
-			return fmt.Errorf("dicomweb: the PACS's answer broke off: %w", perr)
-		}
-		if pw.body != nil {
-			if err := pw.body.Close(); err != nil {
-				if errors.Is(err, errTruncated) {
+		err := perr
+		if err != nil {
+			err = fmt.Errorf("dicomweb: the PACS's answer broke off: %w", perr)
+		} else if pw.body != nil {
+			if cerr := pw.body.Close(); cerr != nil {
+				if errors.Is(cerr, errTruncated) {
 					pw.src.logger.Warn("upstream answer ended early", zap.String("path", pw.relPath), zap.Int("status", pw.status))
 				}
-				return fmt.Errorf("dicomweb: %w", err)
+				err = fmt.Errorf("dicomweb: %w", cerr)
 			}
 		}
-		return pw.FlushError()
+		if err == nil {
+			if pw.out != nil {
+				return pw.out.close()
+			}
+			return pw.FlushError()
+		}
+		if pw.out != nil && !pw.out.headSent() {
+			// Nothing reached the client yet: it gets a clean error
+			// instead of a broken transfer.
+			pw.out.discard()
+			if he, ok := errors.AsType[caddyhttp.HandlerError](perr); ok && he.StatusCode == 499 {
+				return err // the client went away
+			}
+			return &imagesource.Error{Status: http.StatusBadGateway, Code: "exception",
+				Message: "the PACS's answer broke off before any of it was sent", Err: err}
+		}
+		return err
 	}
 	if pw.early != nil {
 		return pw.early

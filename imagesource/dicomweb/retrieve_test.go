@@ -483,20 +483,26 @@ func TestRetrieveBrokenStreamReachesTheClientBroken(t *testing.T) {
 		mpHead = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary=BB\r\n"
 		part   = "--BB\r\nContent-Type: application/dicom\r\n\r\nDICM-instance-bytes\r\n"
 	)
+	// A part larger than what the gateway gathers before writing: the
+	// answer has started when the PACS dies inside it.
+	big := "--BB\r\nContent-Type: application/dicom\r\nContent-Length: 900000\r\n\r\n" + strings.Repeat("p", 2*coalesceSize)
 	cases := []struct {
 		name     string
 		h        http.HandlerFunc
 		complete bool
+		started  bool // the break comes after bytes reached the client
 	}{
 		// Control: a complete multipart body framed by the connection close.
-		{"complete multipart, connection close", rawUpstream(mpHead, part+part+"--BB--\r\n"), true},
+		{"complete multipart, connection close", rawUpstream(mpHead, part+part+"--BB--\r\n"), true, true},
 		// The PACS died before the close delimiter: EOF looks normal to
 		// HTTP, only the missing delimiter shows the truncation.
-		{"multipart without close delimiter", rawUpstream(mpHead, part+part), false},
-		{"multipart cut inside a part", rawUpstream(mpHead, part+"--BB\r\nContent-Type: application/dicom\r\n\r\nDICM-ins"), false},
+		{"multipart without close delimiter", rawUpstream(mpHead, part+part), false, false},
+		{"multipart cut inside a part", rawUpstream(mpHead, part+"--BB\r\nContent-Type: application/dicom\r\n\r\nDICM-ins"), false, false},
 		// A body shorter than its Content-Length: the proxy itself aborts.
-		{"short Content-Length body", rawUpstream("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n", "JFIF-only-some-bytes"), false},
-		{"truncated JSON without length", rawUpstream("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/dicom+json\r\n", `[{"0020000D":{"vr":"UI","Value":["1.2"]}`), false},
+		{"short Content-Length body", rawUpstream("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n", "JFIF-only-some-bytes"), false, false},
+		{"truncated JSON without length", rawUpstream("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/dicom+json\r\n", `[{"0020000D":{"vr":"UI","Value":["1.2"]}`), false, false},
+		{"cut inside a large part", rawUpstream(mpHead, part+big), false, true},
+		{"large image shorter than its Content-Length", rawUpstream("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 900000\r\n", strings.Repeat("j", 2*coalesceSize)), false, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -508,6 +514,13 @@ func TestRetrieveBrokenStreamReachesTheClientBroken(t *testing.T) {
 			}
 			body, err := io.ReadAll(resp.Body)
 			resp.Body.Close()
+			if !tc.started {
+				// Nothing had gone out: a clean error answer.
+				if resp.StatusCode != http.StatusBadGateway || err != nil {
+					t.Fatalf("status %d, read error %v; want a clean 502 (the answer broke before any byte was sent)", resp.StatusCode, err)
+				}
+				return
+			}
 			if resp.StatusCode != 200 {
 				t.Fatalf("status %d", resp.StatusCode)
 			}
@@ -518,7 +531,7 @@ func TestRetrieveBrokenStreamReachesTheClientBroken(t *testing.T) {
 				return
 			}
 			if err == nil {
-				t.Errorf("the client read a well-formed short body (%q); want a broken transfer", body)
+				t.Errorf("the client read a well-formed short body (%d bytes); want a broken transfer", len(body))
 			} else if !errors.Is(err, io.ErrUnexpectedEOF) {
 				t.Logf("client read error: %v", err)
 			}
