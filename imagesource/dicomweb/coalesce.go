@@ -38,8 +38,10 @@ var errCoalescerClosed = errors.New("dicomweb: write after the answer was finish
 type coalescer struct {
 	w http.ResponseWriter
 	// sendHead writes the status and headers; it runs once, before the
-	// first bytes or flush reach w.
-	sendHead func()
+	// first bytes or flush reach w. length is the whole body's length
+	// when the body was gathered whole before anything was sent (the
+	// answer then gets a Content-Length), else -1.
+	sendHead func(length int64)
 	sent     bool
 	mu       sync.Mutex
 	buf      *[]byte
@@ -51,7 +53,7 @@ type coalescer struct {
 	closed bool
 }
 
-func newCoalescer(w http.ResponseWriter, sendHead func()) *coalescer {
+func newCoalescer(w http.ResponseWriter, sendHead func(length int64)) *coalescer {
 	return &coalescer{w: w, sendHead: sendHead}
 }
 
@@ -62,11 +64,11 @@ func (c *coalescer) headSent() bool {
 	return c.sent
 }
 
-func (c *coalescer) sendHeadLocked() {
+func (c *coalescer) sendHeadLocked(length int64) {
 	if !c.sent {
 		c.sent = true
 		if c.sendHead != nil {
-			c.sendHead()
+			c.sendHead(length)
 		}
 	}
 }
@@ -92,7 +94,7 @@ func (c *coalescer) Write(p []byte) (int, error) {
 		}
 		b = *c.buf
 		if len(p) >= cap(b) {
-			c.sendHeadLocked()
+			c.sendHeadLocked(-1)
 			if _, err := c.w.Write(p); err != nil {
 				c.err = err
 				return 0, err
@@ -129,7 +131,8 @@ func (c *coalescer) delayedFlush() {
 }
 
 // close writes what was gathered, flushes the client's writer and returns
-// the buffer to the pool. Later writes fail.
+// the buffer to the pool. Later writes fail. An answer that fits the
+// buffer whole goes out with its Content-Length (not chunked).
 func (c *coalescer) close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -143,6 +146,14 @@ func (c *coalescer) close() error {
 	}
 	err := c.err
 	if err == nil {
+		if !c.sent {
+			// The whole body is here: its length is known.
+			n := 0
+			if c.buf != nil {
+				n = len(*c.buf)
+			}
+			c.sendHeadLocked(int64(n))
+		}
 		err = c.flushLocked()
 	}
 	if c.buf != nil {
@@ -174,7 +185,7 @@ func (c *coalescer) writeOutLocked() error {
 	if c.buf == nil || len(*c.buf) == 0 {
 		return nil
 	}
-	c.sendHeadLocked()
+	c.sendHeadLocked(-1)
 	_, err := c.w.Write(*c.buf)
 	*c.buf = (*c.buf)[:0]
 	if err != nil {
@@ -187,7 +198,7 @@ func (c *coalescer) flushLocked() error {
 	if err := c.writeOutLocked(); err != nil {
 		return err
 	}
-	c.sendHeadLocked()
+	c.sendHeadLocked(-1)
 	err := http.NewResponseController(c.w).Flush()
 	if errors.Is(err, http.ErrNotSupported) {
 		return nil

@@ -171,3 +171,42 @@ func TestRetrieveLargeBodiesPassIntact(t *testing.T) {
 		}
 	}
 }
+
+// TestRetrieveSmallAnswersCarryTheirLength: an answer that fits the
+// gathering buffer goes out with the Content-Length of what the client
+// gets (after the part headers' URLs were rewritten, so not the PACS's
+// length); a larger one is chunked. Either way the bytes are whole.
+func TestRetrieveSmallAnswersCarryTheirLength(t *testing.T) {
+	for _, size := range []int{100, 2 * coalesceSize} {
+		var upstreamLen int
+		s, _, _ := retrieveSetup(t, func(w http.ResponseWriter, r *http.Request) {
+			payload := strings.Repeat("f", size)
+			body := "--BB\r\nContent-Type: application/octet-stream\r\nContent-Location: http://" + r.Host +
+				"/dicom-web/studies/1.2/series/3.4/instances/5.6/frames/1\r\nContent-Length: " + strconv.Itoa(size) +
+				"\r\n\r\n" + payload + "\r\n--BB--\r\n"
+			upstreamLen = len(body)
+			w.Header().Set("Content-Type", `multipart/related; type="application/octet-stream"; boundary=BB`)
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			_, _ = io.WriteString(w, body)
+		}, nil)
+		resp, err := http.Get(gateway(t, s).URL + "/studies/1.2/series/3.4/instances/5.6/frames/1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || !strings.Contains(string(got), publicBase+"/studies/1.2/series/3.4/instances/5.6/frames/1\r\n") ||
+			!strings.HasSuffix(string(got), strings.Repeat("f", size)+"\r\n--BB--\r\n") {
+			t.Fatalf("%d-byte frame: body of %d bytes (%v) is not the rewritten answer", size, len(got), err)
+		}
+		if len(got) == upstreamLen {
+			t.Fatalf("%d-byte frame: the URL was not rewritten", size)
+		}
+		switch {
+		case size < coalesceSize && resp.ContentLength != int64(len(got)):
+			t.Errorf("%d-byte frame: Content-Length %d, want the %d bytes sent", size, resp.ContentLength, len(got))
+		case size > coalesceSize && resp.ContentLength != -1:
+			t.Errorf("%d-byte frame: Content-Length %d, want none (chunked)", size, resp.ContentLength)
+		}
+	}
+}

@@ -334,15 +334,18 @@ func (pw *proxyWriter) WriteHeader(code int) {
 	// The status and headers reach the client with the first bytes of the
 	// body: an answer that breaks before any byte went out still becomes
 	// a clean 502 (see finish).
-	sendHead := func() {
+	sendHead := func(length int64) {
 		dst := pw.w.Header()
 		for k, vs := range out {
 			dst[k] = vs
 		}
+		if length >= 0 && code != http.StatusNoContent && code != http.StatusNotModified {
+			dst.Set("Content-Length", strconv.FormatInt(length, 10))
+		}
 		pw.w.WriteHeader(code)
 	}
 	if pw.head {
-		sendHead()
+		sendHead(-1)
 		return
 	}
 	pw.out = newCoalescer(pw.w, sendHead)
