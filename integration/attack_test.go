@@ -67,12 +67,7 @@ func attackConfig(pacs *orthanc.Server, ehr *testehr.EHR, logFile, accessLog str
 				%s
 			}`, ehr.FHIRBase(), atkClientID, atkSecretEnv, atkMRNSystem, extra)
 	}
-	return fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 1ns
 %[1]s}
 http://localhost:9080 {
 	# The access log as the README recommends: study tokens and query

@@ -36,12 +36,7 @@ const dwPatient = "p-alice"
 // (/broken) and a PACS that is not there (/down).
 func dicomwebConfig(pacs *orthanc.Server, brokenURL string, downPort int) string {
 	key := base64.StdEncoding.EncodeToString(testKey)
-	return fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 1ns
 }
 http://localhost:9080 {
 	handle_path /pacs/* {

@@ -32,12 +32,7 @@ func TestDynamicConfig(t *testing.T) {
 	key := base64.StdEncoding.EncodeToString(testKey)
 	studies := "../examples/demo/studies"
 	tc := caddytest.NewTester(t)
-	tc.InitServer(fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
+	tc.InitServer(fmt.Sprintf(testGlobals+`	grace_period 1ns
 }
 http://localhost:9080 {
 	handle_path /tenants/* {

@@ -352,12 +352,7 @@ func (p *faultProxy) relay(c net.Conn, mode faultMode, release chan struct{}) {
 // across a reload.
 func faultsConfig(pacs *orthanc.Server, pacsProxy, ehrProxy *faultProxy, logFile, marker string) string {
 	key := base64.StdEncoding.EncodeToString(testKey)
-	return fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 20s
+	return fmt.Sprintf(testGlobals+`	grace_period 20s
 %[1]s}
 http://localhost:9080 {
 	handle_path /fp/* {

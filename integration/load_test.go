@@ -63,12 +63,7 @@ func loadConfig(pacs *orthanc.Server, mrns []string, logFile string) string {
 	}
 `, i, i, mrn, pacs.DICOMwebURL(), pacs.Username(), pacs.Password(), key)
 	}
-	return fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 1ns
 %s}
 http://localhost:9080 {
 %s}

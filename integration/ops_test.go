@@ -166,12 +166,7 @@ func opsErrorsConfig() string {
 			study_token_key %s
 		}
 	}`, demoPatient, demoMRN, studies, base64.StdEncoding.EncodeToString(testKey))
-	return fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 1ns
 }
 http://localhost:9080 {
 	%[1]s
@@ -217,12 +212,7 @@ func TestOpsHandleErrors(t *testing.T) {
 
 // opsSite wraps smart_imaging options in a minimal Caddyfile.
 func opsSite(options string) string {
-	return `{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
+	return testGlobals + `	grace_period 1ns
 }
 http://localhost:9080 {
 	handle_path /t/* {

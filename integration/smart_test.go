@@ -116,12 +116,7 @@ func (e *smartEnv) config() string {
 				lookup studies-by-mrn
 			}
 			study_token_key %s`, studies, key)
-	return fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 1ns
 }
 http://localhost:9080 {
 	handle_path /smart/* {

@@ -56,12 +56,7 @@ func viewerConfig(gatewayEHR string, downPort int) string {
 	studies, _ := filepath.Abs("../examples/demo/studies")
 	viewer, _ := filepath.Abs("../examples/viewer")
 	key := base64.StdEncoding.EncodeToString(testKey)
-	return fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 1ns
 }
 http://localhost:9080 {
 	handle_path /viewer/* {
