@@ -5,12 +5,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"io/fs"
 	"math"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
 	"github.com/smart-imaging/smart_imaging/internal/dicomgen"
@@ -145,18 +143,9 @@ func loadLarge(ctx context.Context, pacs *orthanc.Server, dir string, gib float6
 // upload POSTs every .dcm file under dir to Orthanc with a few workers and
 // returns how many files and bytes it stored.
 func upload(ctx context.Context, pacs *orthanc.Server, dir string, workers int) (int, int64, error) {
-	var files []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if !d.IsDir() && strings.EqualFold(filepath.Ext(p), ".dcm") {
-			files = append(files, p)
-		}
-		return nil
-	})
+	files, err := orthanc.DICOMFiles(dir)
 	if err != nil {
-		return 0, 0, fmt.Errorf("upload: %w", err)
+		return 0, 0, err
 	}
 	ch := make(chan string)
 	var (

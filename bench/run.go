@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/smart-imaging/smart_imaging/internal/fhirclient"
 	"github.com/smart-imaging/smart_imaging/internal/orthanc"
 	"github.com/smart-imaging/smart_imaging/internal/testehr"
 )
@@ -371,41 +372,9 @@ func (e *env) discover(ctx context.Context, prefix, patient, token string) (map[
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("search on /%s: HTTP %d: %.300s%s", prefix, resp.StatusCode, body, e.gw.logTail())
 	}
-	var bundle struct {
-		Entry []struct {
-			FullURL  string `json:"fullUrl"`
-			Resource struct {
-				ResourceType string `json:"resourceType"`
-				Address      string `json:"address"`
-				Identifier   []struct {
-					Value string `json:"value"`
-				} `json:"identifier"`
-				Endpoint []struct {
-					Reference string `json:"reference"`
-				} `json:"endpoint"`
-			} `json:"resource"`
-		} `json:"entry"`
-	}
-	if err := json.Unmarshal(body, &bundle); err != nil {
-		return nil, fmt.Errorf("search: %w", err)
-	}
-	addr := map[string]string{}
-	for _, en := range bundle.Entry {
-		if en.Resource.ResourceType == "Endpoint" {
-			addr[en.FullURL] = en.Resource.Address
-		}
-	}
-	out := map[string]string{}
-	for _, en := range bundle.Entry {
-		r := en.Resource
-		if r.ResourceType != "ImagingStudy" || len(r.Endpoint) == 0 {
-			continue
-		}
-		for _, id := range r.Identifier {
-			if uid, ok := strings.CutPrefix(id.Value, "urn:oid:"); ok && addr[r.Endpoint[0].Reference] != "" {
-				out[uid] = addr[r.Endpoint[0].Reference]
-			}
-		}
+	out, err := fhirclient.StudyEndpoints(body)
+	if err != nil {
+		return nil, fmt.Errorf("search on /%s: %w", prefix, err)
 	}
 	if len(out) == 0 {
 		return nil, errors.New("search: no ImagingStudy with an Endpoint in the Bundle")

@@ -26,6 +26,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jws"
 
 	"github.com/smart-imaging/smart_imaging/authz/studytoken"
+	"github.com/smart-imaging/smart_imaging/internal/fhirclient"
 	"github.com/smart-imaging/smart_imaging/internal/orthanc"
 	"github.com/smart-imaging/smart_imaging/internal/testehr"
 )
@@ -289,40 +290,9 @@ func bundleStudyUIDs(body []byte) []string {
 // bundleEndpoints maps study UID → Endpoint address in a searchset Bundle.
 func bundleEndpoints(t *testing.T, body []byte) map[string]string {
 	t.Helper()
-	var b struct {
-		Entry []struct {
-			FullURL  string          `json:"fullUrl"`
-			Resource json.RawMessage `json:"resource"`
-		} `json:"entry"`
-	}
-	if err := json.Unmarshal(body, &b); err != nil {
-		t.Fatalf("search answer is not JSON: %v: %.300s", err, body)
-	}
-	addr := map[string]string{}
-	type res struct {
-		ResourceType string `json:"resourceType"`
-		Address      string `json:"address"`
-		Identifier   []struct {
-			Value string `json:"value"`
-		} `json:"identifier"`
-		Endpoint []struct {
-			Reference string `json:"reference"`
-		} `json:"endpoint"`
-	}
-	for _, e := range b.Entry {
-		var r res
-		_ = json.Unmarshal(e.Resource, &r)
-		if r.ResourceType == "Endpoint" {
-			addr[e.FullURL] = r.Address
-		}
-	}
-	out := map[string]string{}
-	for _, e := range b.Entry {
-		var r res
-		_ = json.Unmarshal(e.Resource, &r)
-		if r.ResourceType == "ImagingStudy" && len(r.Identifier) > 0 && len(r.Endpoint) > 0 {
-			out[strings.TrimPrefix(r.Identifier[0].Value, "urn:oid:")] = addr[r.Endpoint[0].Reference]
-		}
+	out, err := fhirclient.StudyEndpoints(body)
+	if err != nil {
+		t.Fatalf("search answer: %v", err)
 	}
 	return out
 }

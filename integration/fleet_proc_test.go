@@ -31,6 +31,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/smart-imaging/smart_imaging/internal/fhirclient"
 )
 
 // caddyProc is one Caddy process a test started (caddy run, in the
@@ -258,47 +260,15 @@ func searchStudies(c *http.Client, url string) (fleetSearch, error) {
 	if err != nil {
 		return fleetSearch{}, fmt.Errorf("search: %w", err)
 	}
-	res := fleetSearch{endpoints: map[string]string{}, replica: resp.Header.Get("X-Replica")}
+	res := fleetSearch{replica: resp.Header.Get("X-Replica")}
 	if resp.StatusCode != http.StatusOK {
 		return res, fmt.Errorf("search %s: status %d from %q: %.300s", url, resp.StatusCode, res.replica, body)
 	}
-	var b struct {
-		ResourceType string `json:"resourceType"`
-		Entry        []struct {
-			FullURL  string `json:"fullUrl"`
-			Resource struct {
-				ResourceType string `json:"resourceType"`
-				Address      string `json:"address"`
-				Identifier   []struct {
-					Value string `json:"value"`
-				} `json:"identifier"`
-				Endpoint []struct {
-					Reference string `json:"reference"`
-				} `json:"endpoint"`
-			} `json:"resource"`
-		} `json:"entry"`
+	eps, err := fhirclient.StudyEndpoints(body)
+	if err != nil {
+		return res, fmt.Errorf("search %s: %w", url, err)
 	}
-	if err := json.Unmarshal(body, &b); err != nil || b.ResourceType != "Bundle" {
-		return res, fmt.Errorf("search %s: not a Bundle (%v): %.300s", url, err, body)
-	}
-	addr := map[string]string{}
-	for _, e := range b.Entry {
-		if e.Resource.ResourceType == "Endpoint" {
-			addr[e.FullURL] = e.Resource.Address
-		}
-	}
-	for _, e := range b.Entry {
-		r := e.Resource
-		if r.ResourceType != "ImagingStudy" || len(r.Identifier) == 0 || len(r.Endpoint) == 0 {
-			continue
-		}
-		uid := strings.TrimPrefix(r.Identifier[0].Value, "urn:oid:")
-		a, ok := addr[r.Endpoint[0].Reference]
-		if !ok {
-			return res, fmt.Errorf("search %s: study %s names an Endpoint that is not in the Bundle", url, uid)
-		}
-		res.endpoints[uid] = a
-	}
+	res.endpoints = eps
 	return res, nil
 }
 

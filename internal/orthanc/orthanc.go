@@ -330,6 +330,21 @@ func (s *Server) Do(req *http.Request) (*http.Response, error) {
 // Upload POSTs every *.dcm file under dir (recursively) to /instances and
 // returns how many were stored.
 func (s *Server) Upload(ctx context.Context, dir string) (int, error) {
+	files, err := DICOMFiles(dir)
+	if err != nil {
+		return 0, err
+	}
+	for i, f := range files {
+		if err := s.uploadFile(ctx, f); err != nil {
+			return i, err
+		}
+	}
+	return len(files), nil
+}
+
+// DICOMFiles lists every *.dcm file under dir, recursively; none is an
+// error.
+func DICOMFiles(dir string) ([]string, error) {
 	var files []string
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -341,17 +356,12 @@ func (s *Server) Upload(ctx context.Context, dir string) (int, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("orthanc: upload: %w", err)
+		return nil, fmt.Errorf("orthanc: upload: %w", err)
 	}
 	if len(files) == 0 {
-		return 0, fmt.Errorf("orthanc: upload: no .dcm files under %s", dir)
+		return nil, fmt.Errorf("orthanc: upload: no .dcm files under %s", dir)
 	}
-	for i, f := range files {
-		if err := s.uploadFile(ctx, f); err != nil {
-			return i, err
-		}
-	}
-	return len(files), nil
+	return files, nil
 }
 
 func (s *Server) uploadFile(ctx context.Context, name string) error {
