@@ -65,13 +65,36 @@ func opsRequestCounts(t *testing.T) map[string]float64 {
 	return out
 }
 
+// opsRequestCountsWhen scrapes until settled reports the counts complete
+// (or 5 s pass) and returns the last scrape.
+func opsRequestCountsWhen(t *testing.T, settled func(map[string]float64) bool) map[string]float64 {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c := opsRequestCounts(t)
+		if settled(c) || time.Now().After(deadline) {
+			return c
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// sumDeltas is how much all series grew from before to after.
+func sumDeltas(before, after map[string]float64) float64 {
+	var d float64
+	for k, v := range after {
+		d += v - before[k]
+	}
+	return d
+}
+
 func TestMetricsCountRequests(t *testing.T) {
 	tc := caddytest.NewTester(t)
 	tc.InitServer(demoConfig(), "caddyfile")
 
 	// One request first, so every series used below exists in the scrape.
 	getJSON(t, tc, base+"/open/fhir/ImagingStudy", http.StatusOK)
-	before := opsRequestCounts(t)
+	before := opsRequestCountsWhen(t, func(c map[string]float64) bool { return c["/open search ok 200"] >= 1 })
 	if before["/open search ok 200"] < 1 {
 		t.Fatalf("after a search, the scrape has no /open search sample: %v", before)
 	}
@@ -83,19 +106,18 @@ func TestMetricsCountRequests(t *testing.T) {
 	uid := keys(res.studies)[0]
 	get(t, tc, res.endpoints[uid]+"/studies/"+uid+"/metadata", "application/dicom+json", http.StatusOK, "application/dicom+json")
 
-	after := opsRequestCounts(t)
+	// A request is counted when its handler returns, which can be just
+	// after the client has read the whole answer: wait for the count.
+	after := opsRequestCountsWhen(t, func(c map[string]float64) bool { return sumDeltas(before, c) >= 5 })
 	want := map[string]float64{
 		"/open search ok 200":                               2,
 		"/hardcoded-patient search refused 403":             1,
 		"/hardcoded-patient search ok 200":                  1,
 		"/hardcoded-patient retrieve study metadata ok 200": 1,
 	}
-	var sumDelta float64
 	for k, v := range after {
-		d := v - before[k]
-		sumDelta += d
-		if w, ok := want[k]; ok && d != w {
-			t.Errorf("%s grew by %v, want %v", k, d, w)
+		if w, ok := want[k]; ok && v-before[k] != w {
+			t.Errorf("%s grew by %v, want %v", k, v-before[k], w)
 		}
 	}
 	for k := range want {
@@ -103,15 +125,16 @@ func TestMetricsCountRequests(t *testing.T) {
 			t.Errorf("no sample for %q in %v", k, after)
 		}
 	}
-	if sumDelta != 5 {
-		t.Errorf("requests_total grew by %v over all series, want exactly the 5 requests made", sumDelta)
+	if d := sumDeltas(before, after); d != 5 {
+		t.Errorf("requests_total grew by %v over all series, want exactly the 5 requests made", d)
 	}
 
 	// The collectors outlive a config reload: counts go on, not from zero.
 	tc.InitServer(corsConfig(), "caddyfile")
 	getJSON(t, tc, base+"/open/fhir/ImagingStudy", http.StatusOK)
-	reloaded := opsRequestCounts(t)
-	if k := "/open search ok 200"; reloaded[k] != after[k]+1 {
+	k := "/open search ok 200"
+	reloaded := opsRequestCountsWhen(t, func(c map[string]float64) bool { return c[k] >= after[k]+1 })
+	if reloaded[k] != after[k]+1 {
 		t.Errorf("after a reload %s = %v, want %v", k, reloaded[k], after[k]+1)
 	}
 }
