@@ -1,8 +1,9 @@
 // Package wadopath parses the DICOMweb WADO-RS paths the gateway lets
 // through. It is an allow-list: studies/{uid}[/series/{uid}[/instances/{uid}]]
-// with an optional metadata, rendered, thumbnail, frames/{n,…} or bulkdata
-// suffix, UIDs that follow the DICOM UID grammar, nothing else. Anything that
-// does not parse is refused before it can reach a PACS.
+// with an optional metadata, rendered, thumbnail, frames/{n,…} (each frame at
+// most once) or bulkdata suffix, UIDs that follow the DICOM UID grammar,
+// nothing else. Anything that does not parse is refused before it can reach
+// a PACS.
 package wadopath
 
 import (
@@ -54,7 +55,9 @@ const (
 	Bulkdata Resource = "bulkdata"
 )
 
-// MaxFrames bounds how many frames one request may list.
+// MaxFrames bounds how many frames one request may list. Each frame may be
+// listed once: a list that repeats one would make the PACS send the same
+// frame over and over for one request.
 const MaxFrames = 1024
 
 // maxPathLen bounds the whole path; real ones are far shorter.
@@ -260,6 +263,7 @@ func parseFrames(s string) ([]int, error) {
 		return nil, refuse("more than %d frames requested", MaxFrames)
 	}
 	out := make([]int, 0, len(parts))
+	seen := make(map[int]bool, len(parts))
 	for _, f := range parts {
 		if f == "" || len(f) > 9 || strings.TrimLeft(f, "0123456789") != "" {
 			return nil, refuse("frame number %q is not a positive integer", f)
@@ -268,6 +272,10 @@ func parseFrames(s string) ([]int, error) {
 		if n < 1 {
 			return nil, refuse("frame numbers start at 1")
 		}
+		if seen[n] {
+			return nil, refuse("frame %d is listed more than once", n)
+		}
+		seen[n] = true
 		out = append(out, n)
 	}
 	return out, nil

@@ -98,6 +98,13 @@ func TestParseRefused(t *testing.T) {
 		"studies/" + st + `\x`,
 		"studies/" + st + "/" + strings.Repeat("a/", 600),
 		"studies/" + st + "/series/" + se + "/instances/" + in + "/frames/" + strings.Repeat("1,", MaxFrames) + "1",
+		// One frame asked for many times (64 copies of an 18 MB frame came
+		// out of one request before duplicates were refused).
+		"studies/" + st + "/series/" + se + "/instances/" + in + "/frames/1,1",
+		"studies/" + st + "/series/" + se + "/instances/" + in + "/frames/2,4,2",
+		"studies/" + st + "/series/" + se + "/instances/" + in + "/frames/7,07",
+		"studies/" + st + "/series/" + se + "/instances/" + in + "/frames/" + strings.Repeat("3,", 63) + "3",
+		"studies/" + st + "/series/" + se + "/instances/" + in + "/frames/5,5/rendered",
 	}
 	for _, p := range refused {
 		t.Run(p, func(t *testing.T) {
