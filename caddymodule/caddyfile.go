@@ -9,6 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/smart-imaging/smart_imaging/imagesource"
 )
 
 func init() {
@@ -44,6 +46,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		base_url <public url of this route>
 //		route_id <name>
 //		cors <origin>...|*
+//		max_render_size <pixels>
 //		dynamic_config {
 //			allow_hosts <host[:port]>...
 //			allow_mock
@@ -135,6 +138,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 			h.CORS = append(h.CORS, origins...)
+		case "max_render_size":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n < 1 || n > imagesource.MaxImageSide {
+				return d.Errf("max_render_size: want a number of pixels from 1 to %d, got %q", imagesource.MaxImageSide, d.Val())
+			}
+			h.MaxRenderSize = n
+			if d.NextArg() {
+				return d.ArgErr()
+			}
 		case "dynamic_config":
 			if h.Dynamic != nil {
 				return d.Err("dynamic_config is already set for this route")
@@ -173,7 +188,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("dynamic_config needs allow_hosts: the PACS and EHR hosts dynamic configs may use")
 			}
 		default:
-			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, base_url, route_id, cors, dynamic_config)", d.Val())
+			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, base_url, route_id, cors, max_render_size, dynamic_config)", d.Val())
 		}
 	}
 	return nil

@@ -195,6 +195,7 @@ func (d *dynamicTenants) provision(raw []byte, key, parentRoute string) (*Handle
 		StudyTokenTTL: doc.StudyTokenTTL,
 		RouteID:       parentRoute + "/dyn/" + key[:16],
 		CORS:          d.parent.CORS,
+		MaxRenderSize: d.parent.MaxRenderSize,
 		inheritKeys:   d.parent.keys,
 		metricsRoute:  parentRoute + "/dyn",
 	}

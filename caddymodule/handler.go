@@ -76,6 +76,13 @@ type Handler struct {
 	// for the hosts it allows. Off by default.
 	Dynamic *DynamicConfig `json:"dynamic_config,omitempty"`
 
+	// MaxRenderSize is the largest width or height, in pixels, a rendered
+	// or thumbnail request may ask for (its viewport), and the size the
+	// folder source fits an image into when none is asked for. Larger
+	// requests are refused with 400 before the source sees them. Default
+	// 2048 (imagesource.DefaultMaxRenderSize); at most 65535.
+	MaxRenderSize int `json:"max_render_size,omitempty"`
+
 	authorizer authz.Authorizer
 	source     imagesource.Source
 	lookup     imagesource.Lookup
@@ -253,6 +260,9 @@ func (h *Handler) Cleanup() error {
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
+	if h.MaxRenderSize < 0 || h.MaxRenderSize > imagesource.MaxImageSide {
+		return fmt.Errorf("max_render_size must be from 1 to %d pixels", imagesource.MaxImageSide)
+	}
 	if h.StudyTokenTTL < 0 {
 		return errors.New("study_token_ttl must be positive")
 	}
@@ -260,6 +270,14 @@ func (h *Handler) Validate() error {
 		return errors.New("study_token_ttl must be at most 24h: study tokens are credentials")
 	}
 	return nil
+}
+
+// maxRenderSize is the route's bound on rendered sizes.
+func (h *Handler) maxRenderSize() int {
+	if h.MaxRenderSize > 0 {
+		return h.MaxRenderSize
+	}
+	return imagesource.DefaultMaxRenderSize
 }
 
 func (h *Handler) unrestricted() bool {

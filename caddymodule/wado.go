@@ -15,7 +15,8 @@ import (
 // serveWADO answers /wado/{studyToken}/studies/{uid}[/…]: the caller's
 // bearer token is checked as for a search, the study token must open, name
 // this route and the caller's patient, and name the study in the path;
-// the path must be on the WADO-RS allow-list.
+// the path must be on the WADO-RS allow-list, and a rendering must stay
+// within the route's max_render_size.
 func (h *Handler) serveWADO(w http.ResponseWriter, r *http.Request, rest string) error {
 	return h.withAudit(w, r, "retrieve", func(w http.ResponseWriter, r *http.Request) error {
 		token, path, _ := strings.Cut(rest, "/")
@@ -58,14 +59,20 @@ func (h *Handler) serveWADO(w http.ResponseWriter, r *http.Request, rest string)
 			return h.fail(w, r, authz.Forbidden("the study in the path is not the study this address was issued for"))
 		}
 		auditFrom(r).action = "retrieve " + wp.Level().String() + resourceSuffix(wp.Resource)
+		// Rendering sizes are bounded here, for every source: a PACS
+		// renders into a buffer as large as the viewport asked for.
+		if _, err := imagesource.CheckRender(wp, r.URL.Query(), h.maxRenderSize()); err != nil {
+			return h.fail(w, r, err)
+		}
 
 		start := time.Now()
 		defer func() {
 			metricSourceDuration.WithLabelValues(h.metricRoute(r), "retrieve").Observe(time.Since(start).Seconds())
 		}()
 		err = h.source.Retrieve(w, r, imagesource.Retrieval{
-			Path:       wp,
-			PublicBase: h.publicBase(r) + "/wado/" + token,
+			Path:          wp,
+			PublicBase:    h.publicBase(r) + "/wado/" + token,
+			MaxRenderSize: h.maxRenderSize(),
 		})
 		if err != nil {
 			if _, ok := imagesource.AsError(err); ok {

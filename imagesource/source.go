@@ -71,6 +71,9 @@ type Retrieval struct {
 	// root for this study token (".../wado/{token}"); URLs in answers
 	// (BulkDataURI, RetrieveURL, Content-Location) are rewritten onto it.
 	PublicBase string
+	// MaxRenderSize bounds rendered and thumbnail sizes (CheckRender); 0:
+	// DefaultMaxRenderSize.
+	MaxRenderSize int
 }
 
 // Source is an image back end.

@@ -24,8 +24,6 @@ import (
 )
 
 const (
-	// maxRenderSide caps both sides of a rendered image.
-	maxRenderSide = 2048
 	// thumbnailSide is the default box a thumbnail fits in.
 	thumbnailSide = 128
 	// defaultQuality is the JPEG quality when the request names none.
@@ -35,7 +33,9 @@ const (
 // renderOptions are the rendered-resource query parameters (PS3.18 §8.3.5).
 type renderOptions struct {
 	// vw, vh is the box the image is scaled to fit (0: natural size).
-	vw, vh  int
+	vw, vh int
+	// maxSide caps both sides of the image (the route's max_render_size).
+	maxSide int
 	quality int
 	// window, when set, replaces the file's VOI window.
 	window   bool
@@ -50,75 +50,50 @@ func badRequest(format string, args ...any) *imagesource.Error {
 	return imagesource.Errorf(http.StatusBadRequest, "invalid", format, args...)
 }
 
-func parseRenderOptions(q url.Values, thumbnail bool) (renderOptions, error) {
-	o := renderOptions{quality: defaultQuality}
-	if thumbnail {
-		o.vw, o.vh, o.shrinkOnly = thumbnailSide, thumbnailSide, true
+// parseRenderOptions reads the query through imagesource.CheckRender, so
+// the folder source holds requests to the same bounds as the handler does
+// (maxSide: the route's max_render_size, 0 for the default).
+func parseRenderOptions(p wadopath.Path, q url.Values, maxSide int) (renderOptions, error) {
+	if maxSide <= 0 {
+		maxSide = imagesource.DefaultMaxRenderSize
 	}
-	if v := q.Get("viewport"); v != "" {
-		parts := strings.Split(v, ",")
-		if len(parts) != 2 {
-			return o, badRequest("viewport must be width,height (cropping is not supported)")
-		}
-		w, err1 := strconv.Atoi(strings.TrimSpace(parts[0]))
-		h, err2 := strconv.Atoi(strings.TrimSpace(parts[1]))
-		if err1 != nil || err2 != nil || w < 1 || h < 1 {
-			return o, badRequest("viewport %q must be two positive integers", v)
-		}
-		o.vw, o.vh, o.shrinkOnly = min(w, maxRenderSide), min(h, maxRenderSide), false
+	o := renderOptions{quality: defaultQuality, maxSide: maxSide}
+	rp, err := imagesource.CheckRender(p, q, maxSide)
+	if err != nil {
+		return o, err
 	}
-	if v := q.Get("quality"); v != "" {
-		n, err := strconv.Atoi(strings.TrimSpace(v))
-		if err != nil || n < 1 || n > 100 {
-			return o, badRequest("quality %q must be an integer from 1 to 100", v)
-		}
-		o.quality = n
+	if p.Resource == wadopath.Thumbnail {
+		o.vw, o.vh, o.shrinkOnly = min(thumbnailSide, maxSide), min(thumbnailSide, maxSide), true
 	}
-	if v := q.Get("window"); v != "" {
-		parts := strings.Split(v, ",")
-		if len(parts) != 2 && len(parts) != 3 {
-			return o, badRequest("window must be center,width,function")
+	if v := rp.Viewport; v.Width > 0 {
+		if v.Region != nil {
+			return o, badRequest("viewport must be width,height: this image source does not crop")
 		}
-		c, err1 := strconv.ParseFloat(strings.TrimSpace(parts[0]), 64)
-		w, err2 := strconv.ParseFloat(strings.TrimSpace(parts[1]), 64)
-		if err1 != nil || err2 != nil || math.IsNaN(c) || math.IsInf(c, 0) || math.IsNaN(w) || math.IsInf(w, 0) || w <= 0 {
-			return o, badRequest("window %q needs a numeric center and a positive width", v)
-		}
-		o.window, o.center, o.width, o.function = true, c, w, "LINEAR"
-		if len(parts) == 3 {
-			switch strings.ToLower(strings.TrimSpace(parts[2])) {
-			case "linear":
-			case "linear-exact":
-				o.function = "LINEAR_EXACT"
-			case "sigmoid":
-				o.function = "SIGMOID"
-			default:
-				return o, badRequest("window function %q is not linear, linear-exact or sigmoid", parts[2])
-			}
-		}
-		if o.function == "LINEAR" && w < 1 {
-			return o, badRequest("a linear window needs a width of at least 1")
-		}
+		o.vw, o.vh, o.shrinkOnly = v.Width, v.Height, false
+	}
+	if rp.Quality > 0 {
+		o.quality = rp.Quality
+	}
+	if win := rp.Window; win != nil {
+		o.window, o.center, o.width = true, win.Center, win.Width
+		o.function = strings.ToUpper(strings.ReplaceAll(win.Function, "-", "_"))
 	}
 	return o, nil
 }
 
-func (s *Source) serveRendered(w http.ResponseWriter, r *http.Request, p wadopath.Path, inst *instance) error {
+func (s *Source) serveRendered(w http.ResponseWriter, r *http.Request, p wadopath.Path, inst *instance, maxRender int) error {
 	ctype, err := negotiateImage(parseAccept(r))
 	if err != nil {
 		return err
 	}
-	opts, err := parseRenderOptions(r.URL.Query(), p.Resource == wadopath.Thumbnail)
+	opts, err := parseRenderOptions(p, r.URL.Query(), maxRender)
 	if err != nil {
 		return err
 	}
 	frameNo := 1
-	switch len(p.Frames) {
-	case 0:
-	case 1:
+	if len(p.Frames) > 0 {
+		// CheckRender allowed one frame at most.
 		frameNo = p.Frames[0]
-	default:
-		return badRequest("render one frame at a time")
 	}
 	if err := checkFrameNumbers(inst, []int{frameNo}); err != nil {
 		return err
@@ -127,7 +102,7 @@ func (s *Source) serveRendered(w http.ResponseWriter, r *http.Request, p wadopat
 	if err != nil {
 		return err
 	}
-	ras = ras.fit(opts.vw, opts.vh, opts.shrinkOnly)
+	ras = ras.fit(opts.vw, opts.vh, opts.maxSide, opts.shrinkOnly)
 	var buf bytes.Buffer
 	if ctype == "image/png" {
 		enc := png.Encoder{CompressionLevel: png.BestSpeed}
@@ -356,14 +331,14 @@ func (r raster) image() image.Image {
 }
 
 // fit scales the raster, keeping its aspect ratio, to fit a vw×vh box (or,
-// with no box, to fit the size cap). With shrinkOnly a raster that already
-// fits keeps its size.
-func (r raster) fit(vw, vh int, shrinkOnly bool) raster {
+// with no box, to fit a maxSide×maxSide one). With shrinkOnly a raster that
+// already fits keeps its size.
+func (r raster) fit(vw, vh, maxSide int, shrinkOnly bool) raster {
 	if vw <= 0 || vh <= 0 {
-		if r.w <= maxRenderSide && r.h <= maxRenderSide {
+		if r.w <= maxSide && r.h <= maxSide {
 			return r
 		}
-		vw, vh = maxRenderSide, maxRenderSide
+		vw, vh = maxSide, maxSide
 	}
 	scale := math.Min(float64(vw)/float64(r.w), float64(vh)/float64(r.h))
 	if shrinkOnly && scale >= 1 {

@@ -33,7 +33,9 @@ import (
 //   - a frame number beyond NumberOfFrames is 404 not-found;
 //   - rendered and thumbnail at study or series level render the first
 //     instance (in the source's order) and, for a multi-frame instance,
-//     its first frame; a frame-level request renders one frame;
+//     its first frame; a frame-level request renders one frame; sizes
+//     are bounded by req.MaxRenderSize (imagesource.CheckRender): a larger
+//     viewport is 400, an image shown at its own size is fitted into it;
 //   - metadata lists the elements before Pixel Data (elements stored after
 //     it, such as trailing padding, are not read).
 func (s *Source) Retrieve(w http.ResponseWriter, r *http.Request, req imagesource.Retrieval) error {
@@ -51,7 +53,7 @@ func (s *Source) Retrieve(w http.ResponseWriter, r *http.Request, req imagesourc
 	case wadopath.Frames:
 		return s.serveFrames(w, r, p, insts[0])
 	case wadopath.Rendered, wadopath.Thumbnail:
-		return s.serveRendered(w, r, p, insts[0])
+		return s.serveRendered(w, r, p, insts[0], req.MaxRenderSize)
 	case wadopath.Bulkdata:
 		return s.serveBulk(w, r, p, insts[0])
 	}

@@ -3,6 +3,7 @@ package folder
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"image"
 	"image/jpeg"
 	"image/png"
@@ -38,6 +39,8 @@ type request struct {
 	accept []string // one entry per Accept header line
 	query  string
 	method string
+	// maxRender is the route's max_render_size (0: the default).
+	maxRender int
 }
 
 func do(t *testing.T, s *Source, rq request) (*httptest.ResponseRecorder, error) {
@@ -59,7 +62,7 @@ func do(t *testing.T, s *Source, rq request) (*httptest.ResponseRecorder, error)
 		r.Header.Add("Accept", a)
 	}
 	rec := httptest.NewRecorder()
-	err = s.Retrieve(rec, r, imagesource.Retrieval{Path: p, PublicBase: publicBase})
+	err = s.Retrieve(rec, r, imagesource.Retrieval{Path: p, PublicBase: publicBase, MaxRenderSize: rq.maxRender})
 	return rec, err
 }
 
@@ -478,9 +481,26 @@ func TestRetrieveRendered(t *testing.T) {
 	if b := img.Bounds(); b.Dx() != 48 || b.Dy() != 32 {
 		t.Errorf("viewport 48,100 gave %v, want 48x32", b)
 	}
-	img = decodeImage(t, mustOK(t, s, request{path: inst + "/rendered", query: "viewport=9000,9000", accept: []string{"image/png"}}), "image/png")
-	if b := img.Bounds(); b.Dx() > maxRenderSide || b.Dy() > maxRenderSide {
-		t.Errorf("viewport beyond the cap gave %v", b)
+	// A viewport past the route's bound is refused, not rendered.
+	for _, q := range []string{"viewport=9000,9000", "viewport=30000,30000", "viewport=2049,10"} {
+		e := mustFail(t, s, request{path: inst + "/rendered", query: q, accept: []string{"image/png"}}, http.StatusBadRequest)
+		if !errors.Is(e, imagesource.ErrRenderTooLarge) {
+			t.Errorf("%s: %v, want ErrRenderTooLarge", q, e)
+		}
+	}
+	mustFail(t, s, request{path: inst + "/thumbnail", query: "viewport=48,48", maxRender: 32}, http.StatusBadRequest)
+	mustFail(t, s, request{path: inst + "/thumbnail", query: "viewport=16,16&viewport=9000,9000"}, http.StatusBadRequest)
+	// The route's bound is honoured when no viewport is asked for: the
+	// 24x16 image fits in 12x12, thumbnail or not.
+	for _, res := range []string{"/rendered", "/thumbnail"} {
+		img = decodeImage(t, mustOK(t, s, request{path: inst + res, accept: []string{"image/png"}, maxRender: 12}), "image/png")
+		if b := img.Bounds(); b.Dx() != 12 || b.Dy() != 8 {
+			t.Errorf("%s with max_render_size 12 gave %v, want 12x8", res, b)
+		}
+	}
+	img = decodeImage(t, mustOK(t, s, request{path: inst + "/rendered", query: "viewport=32,32", accept: []string{"image/png"}, maxRender: 32}), "image/png")
+	if b := img.Bounds(); b.Dx() != 32 {
+		t.Errorf("viewport at the bound gave %v, want 32 wide", b)
 	}
 	img = decodeImage(t, mustOK(t, s, request{path: inst + "/thumbnail", accept: []string{"image/png"}}), "image/png")
 	if b := img.Bounds(); b.Dx() != 24 || b.Dy() != 16 {
