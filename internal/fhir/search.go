@@ -15,6 +15,18 @@ import (
 // MaxCount is the largest page size a search may ask for with _count.
 const MaxCount = 1000
 
+// Bounds on the lists a caller writes into one search (values counted over
+// repeated parameters and comma lists): each patient.identifier value
+// becomes a PACS query of its own, identifier values travel to the PACS in
+// one query string and repeated lists are intersected, the others are
+// checked one by one. Real searches name one or two of each.
+const (
+	MaxPatientValues      = 16  // patient and subject
+	MaxPatientIdentifiers = 8   // patient.identifier and subject.identifier
+	MaxStudyIdentifiers   = 100 // identifier
+	MaxDateFilters        = 8   // _lastUpdated
+)
+
 // Search is a parsed ImagingStudy search.
 type Search struct {
 	// Patients are the values of patient and subject (each must name the
@@ -103,6 +115,9 @@ func ParseSearch(q url.Values, strict bool) (Search, error) {
 					s.Patients = append(s.Patients, one)
 				}
 			}
+			if len(s.Patients) > MaxPatientValues {
+				return s, searchErrorf("patient and subject take at most %d values in all", MaxPatientValues)
+			}
 		case "patient.identifier", "subject.identifier":
 			for _, v := range values {
 				// One PACS key per value: a list (or a comma inside a key)
@@ -112,10 +127,20 @@ func ParseSearch(q url.Values, strict bool) (Search, error) {
 				}
 				s.PatientIdentifiers = append(s.PatientIdentifiers, parseToken(v))
 			}
+			if len(s.PatientIdentifiers) > MaxPatientIdentifiers {
+				return s, searchErrorf("patient.identifier and subject.identifier take at most %d values in all", MaxPatientIdentifiers)
+			}
 		case "identifier":
 			s.IdentifierGiven = true
 			// Repeated parameters are AND-ed; values in one are OR-ed.
 			var and []string
+			given := 0
+			for _, v := range values {
+				given += strings.Count(v, ",") + 1
+			}
+			if given > MaxStudyIdentifiers {
+				return s, searchErrorf("identifier takes at most %d values in all", MaxStudyIdentifiers)
+			}
 			for i, v := range values {
 				var or []string
 				for _, one := range strings.Split(v, ",") {
@@ -135,6 +160,9 @@ func ParseSearch(q url.Values, strict bool) (Search, error) {
 			}
 			s.StudyUIDs = and
 		case "_lastUpdated":
+			if len(values) > MaxDateFilters {
+				return s, searchErrorf("_lastUpdated is given at most %d times", MaxDateFilters)
+			}
 			for _, v := range values {
 				f, err := parseDateFilter(v)
 				if err != nil {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/url"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -484,4 +485,47 @@ func FuzzParseSearch(f *testing.F) {
 			t.Errorf("strict search ignored %q", s.Ignored)
 		}
 	})
+}
+
+// Every list a caller writes into a search is bounded: patient.identifier
+// values each become a PACS query, identifier values go to the PACS in one
+// query string and are intersected with each other, and the rest are
+// checked one by one.
+func TestParseSearchListsAreBounded(t *testing.T) {
+	uid := func(i int) string { return "urn:oid:2.25." + strconv.Itoa(i+1) }
+	many := func(n int, f func(int) string) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = f(i)
+		}
+		return out
+	}
+	tests := []struct {
+		name      string
+		atBound   url.Values
+		pastBound url.Values
+	}{
+		{"patient.identifier values", url.Values{"patient.identifier": many(MaxPatientIdentifiers, func(i int) string { return "sys|MRN-" + strconv.Itoa(i) })},
+			url.Values{"patient.identifier": many(MaxPatientIdentifiers, func(i int) string { return "MRN-" + strconv.Itoa(i) }), "subject.identifier": {"MRN-X"}}},
+		{"patient and subject values", url.Values{"patient": many(MaxPatientValues, func(int) string { return "123" })},
+			url.Values{"patient": {strings.Join(many(MaxPatientValues, func(int) string { return "123" }), ",")}, "subject": {"123"}}},
+		{"identifier values in one list", url.Values{"identifier": {strings.Join(many(MaxStudyIdentifiers, uid), ",")}},
+			url.Values{"identifier": {strings.Join(many(MaxStudyIdentifiers+1, uid), ",")}}},
+		{"identifier values over repeats (AND-ed lists)", url.Values{"identifier": many(MaxStudyIdentifiers, uid)},
+			url.Values{"identifier": append(many(MaxStudyIdentifiers, uid), uid(0)+","+uid(1))}},
+		{"_lastUpdated comparisons", url.Values{"_lastUpdated": many(MaxDateFilters, func(int) string { return "ge2020" })},
+			url.Values{"_lastUpdated": many(MaxDateFilters+1, func(int) string { return "ge2020" })}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := ParseSearch(tt.atBound, true); err != nil {
+				t.Errorf("at the bound: %v", err)
+			}
+			_, err := ParseSearch(tt.pastBound, false)
+			var se *SearchError
+			if !errors.As(err, &se) || !strings.Contains(se.Message, "at most") {
+				t.Errorf("past the bound: err = %v, want a SearchError saying the bound", err)
+			}
+		})
+	}
 }
