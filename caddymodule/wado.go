@@ -59,9 +59,12 @@ func (h *Handler) serveWADO(w http.ResponseWriter, r *http.Request, rest string)
 			return h.fail(w, r, authz.Forbidden("the study in the path is not the study this address was issued for"))
 		}
 		auditFrom(r).action = "retrieve " + wp.Level().String() + resourceSuffix(wp.Resource)
-		// Rendering sizes are bounded here, for every source: a PACS
-		// renders into a buffer as large as the viewport asked for.
+		// Sizes the caller chooses are bounded here, for every source: a
+		// PACS renders into a buffer as large as the viewport asked for.
 		if _, err := imagesource.CheckRender(wp, r.URL.Query(), h.maxRenderSize()); err != nil {
+			return h.fail(w, r, err)
+		}
+		if err := imagesource.CheckAccept(r.Header); err != nil {
 			return h.fail(w, r, err)
 		}
 

@@ -176,6 +176,11 @@ func TestRenderBounds(t *testing.T) {
 		refused(t, folderInst+"/frames/1,1", `multipart/related; type="application/octet-stream"`, "more than once")
 	})
 
+	t.Run("a 5 KB Accept header", func(t *testing.T) {
+		refused(t, pacsInst, strings.Repeat(`multipart/related; type="application/dicom"; q=0.5, `, 100), "Accept")
+		refused(t, folderInst, strings.Repeat(`multipart/related; type="application/dicom"; q=0.5, `, 100), "Accept")
+	})
+
 	t.Run("within the bound", func(t *testing.T) {
 		rendered(t, pacsInst+"/thumbnail?viewport=2048,2048")
 		rendered(t, pacsInst+"/rendered?viewport=64,64&quality=80&window=40,400,linear")
