@@ -46,6 +46,38 @@ type Authorizer interface {
 	// PatientKeys returns the PACS PatientID values (MRNs) of the
 	// principal's patient. Failures are *Error.
 	PatientKeys(ctx context.Context, p *Principal) ([]string, error)
+	// PatientIdentifiers returns the identifiers those values come from,
+	// each with its system, so that patient.identifier=system|value is
+	// matched on both. Failures are *Error.
+	PatientIdentifiers(ctx context.Context, p *Principal) ([]Identifier, error)
+}
+
+// Identifier is a patient identifier used as a PACS key: a FHIR
+// Identifier's system ("" when it has none) and value.
+type Identifier struct {
+	System string
+	Value  string
+}
+
+// MatchesToken applies FHIR token search rules to a patient.identifier
+// value: system|value needs both to match, |value an identifier without a
+// system, and a value alone (hasSystem false) matches under any system.
+// Values compare exactly (a PACS key is matched exactly too).
+func (id Identifier) MatchesToken(system string, hasSystem bool, value string) bool {
+	if id.Value != value {
+		return false
+	}
+	return !hasSystem || id.System == system
+}
+
+// AnyMatchesToken reports whether one of ids matches the token.
+func AnyMatchesToken(ids []Identifier, system string, hasSystem bool, value string) bool {
+	for _, id := range ids {
+		if id.MatchesToken(system, hasSystem, value) {
+			return true
+		}
+	}
+	return false
 }
 
 // Error is an authorization failure with the status the client should see.

@@ -231,3 +231,41 @@ func TestErrors(t *testing.T) {
 		t.Errorf("Forbidden = %+v", f)
 	}
 }
+
+func TestIdentifierMatchesToken(t *testing.T) {
+	const sys = "http://hospital.example.org/mrn"
+	withSystem := Identifier{System: sys, Value: "MRN-1"}
+	noSystem := Identifier{Value: "MRN-1"}
+	tests := []struct {
+		name      string
+		id        Identifier
+		system    string
+		hasSystem bool
+		value     string
+		want      bool
+	}{
+		{"system|value, both match", withSystem, sys, true, "MRN-1", true},
+		{"system|value, another system", withSystem, "urn:other", true, "MRN-1", false},
+		{"system|value, another value", withSystem, sys, true, "MRN-2", false},
+		{"system|value, a case variant of the value", withSystem, sys, true, "mrn-1", false},
+		{"system|value against an identifier without a system", noSystem, sys, true, "MRN-1", false},
+		{"|value against an identifier without a system", noSystem, "", true, "MRN-1", true},
+		{"|value against an identifier with a system", withSystem, "", true, "MRN-1", false},
+		{"value alone, any system", withSystem, "", false, "MRN-1", true},
+		{"value alone, no system", noSystem, "", false, "MRN-1", true},
+		{"value alone, another value", withSystem, "", false, "MRN-11", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.id.MatchesToken(tt.system, tt.hasSystem, tt.value); got != tt.want {
+				t.Errorf("MatchesToken = %v, want %v", got, tt.want)
+			}
+			if got := AnyMatchesToken([]Identifier{{System: "x", Value: "y"}, tt.id}, tt.system, tt.hasSystem, tt.value); got != tt.want {
+				t.Errorf("AnyMatchesToken = %v, want %v", got, tt.want)
+			}
+		})
+	}
+	if AnyMatchesToken(nil, "", false, "MRN-1") {
+		t.Error("no identifiers matched a token")
+	}
+}

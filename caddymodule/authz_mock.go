@@ -40,6 +40,7 @@ func (m *MockAuthz) Provision(ctx caddy.Context) error {
 	cfg := m.Config
 	cfg.Patient = repl.ReplaceAll(cfg.Patient, "")
 	cfg.FHIRBaseURL = repl.ReplaceAll(cfg.FHIRBaseURL, "")
+	cfg.MRNSystem = repl.ReplaceAll(cfg.MRNSystem, "")
 	cfg.MRN = append([]string(nil), cfg.MRN...)
 	for i := range cfg.MRN {
 		cfg.MRN[i] = repl.ReplaceAll(cfg.MRN[i], "")
@@ -62,6 +63,11 @@ func (m *MockAuthz) PatientKeys(ctx context.Context, p *authz.Principal) ([]stri
 	return m.impl.PatientKeys(ctx, p)
 }
 
+// PatientIdentifiers implements authz.Authorizer.
+func (m *MockAuthz) PatientIdentifiers(ctx context.Context, p *authz.Principal) ([]authz.Identifier, error) {
+	return m.impl.PatientIdentifiers(ctx, p)
+}
+
 // Unrestricted reports whether patient binding is disabled.
 func (m *MockAuthz) Unrestricted() bool { return m.DisableAuthzChecks }
 
@@ -73,6 +79,7 @@ func (m *MockAuthz) EHRBaseURL() string { return m.base }
 //	authz mock {
 //		patient <id>
 //		mrn <pacs patient id>...
+//		mrn_system <identifier system of the MRNs>
 //		fhir_base_url <url>
 //		scopes <scope>...
 //		disable_authz_checks
@@ -113,6 +120,14 @@ func (m *MockAuthz) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+		case "mrn_system":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			m.MRNSystem = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
 		case "scopes":
 			m.Scopes = append(m.Scopes, d.RemainingArgs()...)
 		case "disable_authz_checks":
@@ -121,7 +136,7 @@ func (m *MockAuthz) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			m.DisableAuthzChecks = true
 		default:
-			return d.Errf("unrecognized authz mock option '%s' (known: patient, mrn, fhir_base_url, scopes, disable_authz_checks)", d.Val())
+			return d.Errf("unrecognized authz mock option '%s' (known: patient, mrn, mrn_system, fhir_base_url, scopes, disable_authz_checks)", d.Val())
 		}
 	}
 	return nil

@@ -128,6 +128,11 @@ func (m *SmartAuthz) PatientKeys(ctx context.Context, p *authz.Principal) ([]str
 	return m.impl.PatientKeys(ctx, p)
 }
 
+// PatientIdentifiers implements authz.Authorizer.
+func (m *SmartAuthz) PatientIdentifiers(ctx context.Context, p *authz.Principal) ([]authz.Identifier, error) {
+	return m.impl.PatientIdentifiers(ctx, p)
+}
+
 // EHRBaseURL is the EHR FHIR base, for matching absolute patient
 // references.
 func (m *SmartAuthz) EHRBaseURL() string { return m.impl.FHIRBaseURL() }

@@ -97,14 +97,24 @@ func (h *Handler) studyQuery(r *http.Request, p *authz.Principal, sp fhir.Search
 	}
 	if len(sp.PatientIdentifiers) > 0 {
 		// patient.identifier narrows to one PACS key. On a patient-bound
-		// route it must be one of the patient's own keys.
+		// route it must name one of the patient's own identifiers, system
+		// and value (FHIR token rules: system|value, |value without a
+		// system, value alone under any system). An unrestricted route has
+		// no patient to compare with: the value is the key.
+		var idents []authz.Identifier
+		if !p.Unrestricted {
+			var err error
+			if idents, err = h.authorizer.PatientIdentifiers(r.Context(), p); err != nil {
+				return q, err
+			}
+		}
 		var wanted []string
 		for _, t := range sp.PatientIdentifiers {
 			if err := imagesource.CheckPatientKey(t.Value); err != nil {
 				return q, &problem{Status: http.StatusBadRequest, Code: "invalid", Message: "patient.identifier: " + err.Error()}
 			}
-			if !p.Unrestricted && !slices.Contains(keys, t.Value) {
-				return q, authz.Forbidden("patient.identifier does not name the patient this access token is bound to")
+			if !p.Unrestricted && (!authz.AnyMatchesToken(idents, t.System, t.HasSystem, t.Value) || !slices.Contains(keys, t.Value)) {
+				return q, authz.Forbidden("patient.identifier does not name an identifier of the patient this access token is bound to (system and value must both match)")
 			}
 			wanted = append(wanted, t.Value)
 		}

@@ -496,18 +496,27 @@ func TestSearchPatientIdentifier(t *testing.T) {
 		})
 	}
 
+	// The mock patient's MRN is configured without a system: FHIR token
+	// rules match it as "MRN" (any system) and "|MRN" (no system), never
+	// as "system|MRN".
 	patient := base + "/hardcoded-patient/fhir/ImagingStudy?"
-	t.Run("patient route: own MRN", func(t *testing.T) {
-		p := srchGet(t, tc, patient+"patient.identifier="+demoMRN)
-		if got, want := sorted(p.matches), keys(c.byPatient[demoMRN]); !slices.Equal(got, want) {
-			t.Errorf("studies %v, want %v", got, want)
-		}
-	})
+	for _, v := range []string{demoMRN, "|" + demoMRN} {
+		t.Run("patient route: own MRN as "+v, func(t *testing.T) {
+			p := srchGet(t, tc, patient+"patient.identifier="+url.QueryEscape(v))
+			if got, want := sorted(p.matches), keys(c.byPatient[demoMRN]); !slices.Equal(got, want) {
+				t.Errorf("studies %v, want %v", got, want)
+			}
+		})
+	}
 	for _, q := range []string{
 		"patient.identifier=SIA-MRN-0001",
 		"patient=" + demoPatient + "&patient.identifier=SIA-MRN-0001",
 		"patient.identifier=" + url.QueryEscape("http://hospital.example.org/mrn|SIA-MRN-00011"),
 		"subject.identifier=sia-mrn-0001",
+		// The patient's own MRN value under a system it does not have.
+		"patient.identifier=" + url.QueryEscape("urn:other|"+demoMRN),
+		"patient=" + demoPatient + "&patient.identifier=" + url.QueryEscape("http://hospital.example.org/mrn|"+demoMRN),
+		"patient=" + demoPatient + "&subject.identifier=" + url.QueryEscape("urn:other|"+demoMRN),
 	} {
 		t.Run("patient route: "+q+" is 403", func(t *testing.T) {
 			body := srchDo(t, tc, patient+q, http.StatusForbidden)

@@ -392,6 +392,14 @@ func TestSmartOnFHIREndToEnd(t *testing.T) {
 		checkStudies(t, res, wantDemo, demoRef, base+"/smart/wado/")
 	})
 
+	t.Run("patient.identifier: the MRN with its system, or without one", func(t *testing.T) {
+		tok := env.mint(ehr, testehr.TokenSpec{Patient: demoPatient})
+		for _, v := range []string{smartMRNSystem + "|" + demoMRN, demoMRN} {
+			res := search(t, env.as(tok), smart+demoPatient+"&patient.identifier="+url.QueryEscape(v))
+			checkStudies(t, res, wantDemo, demoRef, base+"/smart/wado/")
+		}
+	})
+
 	t.Run("another patient's token finds that patient's studies", func(t *testing.T) {
 		tok := env.mint(ehr, testehr.TokenSpec{Patient: smartAlice})
 		res := search(t, env.as(tok), smart+smartAlice)
@@ -449,6 +457,12 @@ func TestSmartOnFHIREndToEnd(t *testing.T) {
 		{"own id under another EHR's base", smart + url.QueryEscape("https://other-ehr.example.org/fhir/Patient/"+demoPatient), env.mint(ehr, testehr.TokenSpec{Patient: demoPatient}), 403, "", "not the patient"},
 		{"subject names another patient", smart + demoPatient + "&subject=Patient/" + smartAlice, env.mint(ehr, testehr.TokenSpec{Patient: demoPatient}), 403, "", "not the patient"},
 		{"no ?patient=", base + "/smart/fhir/ImagingStudy", env.mint(ehr, testehr.TokenSpec{Patient: demoPatient}), 403, "", "?patient="},
+		// patient.identifier matches system and value: the patient's own
+		// MRN value under another system, or as an identifier without a
+		// system, names no identifier of the patient's.
+		{"own MRN value under another system", smart + demoPatient + "&patient.identifier=" + url.QueryEscape("urn:other|"+demoMRN), env.mint(ehr, testehr.TokenSpec{Patient: demoPatient}), 403, "", "patient.identifier"},
+		{"own MRN value under the SSN system the patient has", smart + demoPatient + "&patient.identifier=" + url.QueryEscape("http://hl7.org/fhir/sid/us-ssn|"+demoMRN), env.mint(ehr, testehr.TokenSpec{Patient: demoPatient}), 403, "", "patient.identifier"},
+		{"own MRN value as an identifier without a system", smart + demoPatient + "&patient.identifier=" + url.QueryEscape("|"+demoMRN), env.mint(ehr, testehr.TokenSpec{Patient: demoPatient}), 403, "", "patient.identifier"},
 
 		{"jwt: expired", base + "/jwt/fhir/ImagingStudy?patient=" + demoPatient, env.mint(ehr, testehr.TokenSpec{Format: testehr.JWT, Patient: demoPatient, Aud: jwtAud, Exp: farPast}), 401, `error="invalid_token"`, "expired"},
 		{"jwt: wrong audience", base + "/jwt/fhir/ImagingStudy?patient=" + demoPatient, env.mint(ehr, testehr.TokenSpec{Format: testehr.JWT, Patient: demoPatient, Aud: []string{base + "/smart/fhir"}}), 401, `error="invalid_token"`, "aud"},

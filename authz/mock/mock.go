@@ -27,6 +27,10 @@ type Config struct {
 	Patient string `json:"patient,omitempty"`
 	// MRN are the PACS PatientID values of that patient.
 	MRN []string `json:"mrn,omitempty"`
+	// MRNSystem is the identifier system of every MRN. Empty: the MRNs
+	// are identifiers without a system, which patient.identifier matches
+	// as "MRN" or "|MRN" but never as "system|MRN".
+	MRNSystem string `json:"mrn_system,omitempty"`
 	// FHIRBaseURL makes PatientReference absolute when set.
 	FHIRBaseURL string `json:"fhir_base_url,omitempty"`
 	// DisableAuthzChecks turns off patient binding: an open demo.
@@ -61,6 +65,11 @@ func New(c Config) (*Authorizer, error) {
 		if err := imagesource.CheckPatientKey(mrn); err != nil {
 			return nil, fmt.Errorf("mock authorizer: mrn %q: %w", mrn, err)
 		}
+	}
+	if strings.ContainsAny(c.MRNSystem, "| \t\r\n") {
+		// A token's system ends at its first '|': such a system could never
+		// be matched.
+		return nil, fmt.Errorf("mock authorizer: mrn_system %q holds '|' or white space", c.MRNSystem)
 	}
 	base := strings.TrimRight(c.FHIRBaseURL, "/")
 	if base != "" {
@@ -105,4 +114,18 @@ func (a *Authorizer) PatientKeys(_ context.Context, p *authz.Principal) ([]strin
 		return nil, authz.Forbidden("mock patient " + a.patient + " has no MRN configured")
 	}
 	return slices.Clone(a.cfg.MRN), nil
+}
+
+// PatientIdentifiers returns the configured MRNs with the configured
+// mrn_system ("" when none is set).
+func (a *Authorizer) PatientIdentifiers(ctx context.Context, p *authz.Principal) ([]authz.Identifier, error) {
+	keys, err := a.PatientKeys(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]authz.Identifier, len(keys))
+	for i, k := range keys {
+		ids[i] = authz.Identifier{System: a.cfg.MRNSystem, Value: k}
+	}
+	return ids, nil
 }

@@ -157,6 +157,48 @@ func TestPatientKeys(t *testing.T) {
 	wantForbidden(t, err, "")
 }
 
+func TestPatientIdentifiers(t *testing.T) {
+	ctx := context.Background()
+	// Without mrn_system the MRNs have no system.
+	a := mustNew(t, Config{Patient: "123", MRN: []string{"MRN-1", "MRN-2"}})
+	p, _ := a.Authorize(request(""))
+	ids, err := a.PatientIdentifiers(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []authz.Identifier{{Value: "MRN-1"}, {Value: "MRN-2"}}; !reflect.DeepEqual(ids, want) {
+		t.Fatalf("PatientIdentifiers = %+v, want %+v", ids, want)
+	}
+	if authz.AnyMatchesToken(ids, "urn:other", true, "MRN-1") || !authz.AnyMatchesToken(ids, "", true, "MRN-1") {
+		t.Error("identifiers without a system matched urn:other|MRN-1, or not |MRN-1")
+	}
+
+	// With mrn_system every MRN carries it.
+	b := mustNew(t, Config{Patient: "123", MRN: []string{"MRN-1"}, MRNSystem: "http://hospital.example.org/mrn"})
+	p, _ = b.Authorize(request(""))
+	ids, err = b.PatientIdentifiers(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []authz.Identifier{{System: "http://hospital.example.org/mrn", Value: "MRN-1"}}; !reflect.DeepEqual(ids, want) {
+		t.Fatalf("PatientIdentifiers = %+v, want %+v", ids, want)
+	}
+
+	// Another patient, or none configured: refused as for PatientKeys.
+	_, err = b.PatientIdentifiers(ctx, &authz.Principal{Patient: "456"})
+	wantForbidden(t, err, "")
+	c := mustNew(t, Config{Patient: "123"})
+	p, _ = c.Authorize(request(""))
+	_, err = c.PatientIdentifiers(ctx, p)
+	wantForbidden(t, err, "no MRN configured")
+
+	for _, bad := range []string{"urn:a|b", "http://x y", "urn:x\n"} {
+		if _, err := New(Config{Patient: "123", MRN: []string{"M"}, MRNSystem: bad}); err == nil {
+			t.Errorf("mrn_system %q accepted", bad)
+		}
+	}
+}
+
 func wantForbidden(t *testing.T, err error, msg string) {
 	t.Helper()
 	var ae *authz.Error
@@ -170,11 +212,11 @@ func wantForbidden(t *testing.T, err error, msg string) {
 
 func TestConfigJSON(t *testing.T) {
 	var c Config
-	err := json.Unmarshal([]byte(`{"patient":"123","mrn":["M1"],"fhir_base_url":"https://ehr/fhir","disable_authz_checks":true,"scopes":["patient/*.rs"]}`), &c)
+	err := json.Unmarshal([]byte(`{"patient":"123","mrn":["M1"],"mrn_system":"urn:mrn","fhir_base_url":"https://ehr/fhir","disable_authz_checks":true,"scopes":["patient/*.rs"]}`), &c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{Patient: "123", MRN: []string{"M1"}, FHIRBaseURL: "https://ehr/fhir", DisableAuthzChecks: true, Scopes: []string{"patient/*.rs"}}
+	want := Config{Patient: "123", MRN: []string{"M1"}, MRNSystem: "urn:mrn", FHIRBaseURL: "https://ehr/fhir", DisableAuthzChecks: true, Scopes: []string{"patient/*.rs"}}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("decoded %+v, want %+v", c, want)
 	}

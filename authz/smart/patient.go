@@ -49,6 +49,27 @@ type fhirConceptCode struct {
 // patient for cache_ttl (a patient without usable identifiers for
 // inactive_cache_ttl). Failures are *authz.Error.
 func (a *Authorizer) PatientKeys(ctx context.Context, p *authz.Principal) ([]string, error) {
+	e, err := a.patientEntry(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	return slices.Clone(e.keys), nil
+}
+
+// PatientIdentifiers returns the identifiers PatientKeys takes its values
+// from, each with its system ("" when the EHR gives none), from the same
+// lookup and cache. Failures are *authz.Error.
+func (a *Authorizer) PatientIdentifiers(ctx context.Context, p *authz.Principal) ([]authz.Identifier, error) {
+	e, err := a.patientEntry(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	return slices.Clone(e.idents), nil
+}
+
+// patientEntry is the principal's patient's lookup, from the cache or the
+// EHR. A refusal is an *authz.Error.
+func (a *Authorizer) patientEntry(ctx context.Context, p *authz.Principal) (*patientEntry, error) {
 	if p == nil || p.Patient == "" || !fhirID.MatchString(p.Patient) {
 		return nil, authz.Forbidden("the access token has no patient in context")
 	}
@@ -91,12 +112,12 @@ func (a *Authorizer) PatientKeys(ctx context.Context, p *authz.Principal) ([]str
 	return v.(*patientEntry).result()
 }
 
-func (e *patientEntry) result() ([]string, error) {
+func (e *patientEntry) result() (*patientEntry, error) {
 	if e.deny != nil {
 		d := *e.deny
 		return nil, &d
 	}
-	return slices.Clone(e.keys), nil
+	return e, nil
 }
 
 // lookupPatient reads the Patient and picks its PACS keys. cache reports
@@ -163,6 +184,7 @@ func parsePatient(body []byte, id string) (*fhirPatient, error) {
 // selectKeys picks the PACS keys among the patient's identifiers.
 func (a *Authorizer) selectKeys(p *fhirPatient) *patientEntry {
 	var keys []string
+	var idents []authz.Identifier
 	matched, refused := 0, 0
 	for _, ident := range p.Identifier {
 		if ident.Use == "old" || !a.isMRN(ident.System, ident.Type) {
@@ -175,6 +197,10 @@ func (a *Authorizer) selectKeys(p *fhirPatient) *patientEntry {
 		}
 		if !slices.Contains(keys, ident.Value) {
 			keys = append(keys, ident.Value)
+		}
+		id := authz.Identifier{System: ident.System, Value: ident.Value}
+		if !slices.Contains(idents, id) {
+			idents = append(idents, id)
 		}
 	}
 	if refused > 0 {
@@ -192,7 +218,7 @@ func (a *Authorizer) selectKeys(p *fhirPatient) *patientEntry {
 		}
 		return &patientEntry{deny: authz.Forbidden(msg)}
 	}
-	return &patientEntry{keys: keys}
+	return &patientEntry{keys: keys, idents: idents}
 }
 
 func (a *Authorizer) isMRN(system string, typ *fhirConceptCode) bool {

@@ -87,8 +87,9 @@ type callerToken struct {
 }
 
 type patientEntry struct {
-	keys []string
-	deny *authz.Error
+	keys   []string
+	idents []authz.Identifier // the identifiers keys come from
+	deny   *authz.Error
 }
 
 // New checks cfg and builds an Authorizer. It does no network I/O (Caddy

@@ -814,6 +814,31 @@ func TestPatientKeys(t *testing.T) {
 			}
 		})
 	}
+	t.Run("identifiers keep their systems", func(t *testing.T) {
+		f := setup(t, func(cfg *Config, e *testehr.EHR) {
+			cfg.MRNSystem = []string{mrnSystem, other}
+			add(e)
+			// One value under two systems: one PACS key, two identifiers.
+			e.AddPatient("p4", testehr.Identifier{System: mrnSystem, Value: "K-1"}, testehr.Identifier{System: other, Value: "K-1"},
+				testehr.Identifier{System: "http://unlisted.example.org", Value: "K-2"})
+		})
+		p := f.allow(f.issue(testehr.TokenSpec{Patient: "p1"}))
+		ids, err := f.a.PatientIdentifiers(t.Context(), p)
+		if want := []authz.Identifier{{System: mrnSystem, Value: "MRN-1"}, {System: other, Value: "OTHER-1"}}; err != nil || !slices.Equal(ids, want) {
+			t.Fatalf("identifiers %+v (%v), want %+v", ids, err, want)
+		}
+		p = f.allow(f.issue(testehr.TokenSpec{Patient: "p4"}))
+		keys, err := f.a.PatientKeys(t.Context(), p)
+		if err != nil || !slices.Equal(keys, []string{"K-1"}) {
+			t.Fatalf("keys %v (%v), want [K-1]", keys, err)
+		}
+		ids, err = f.a.PatientIdentifiers(t.Context(), p)
+		if want := []authz.Identifier{{System: mrnSystem, Value: "K-1"}, {System: other, Value: "K-1"}}; err != nil || !slices.Equal(ids, want) {
+			t.Fatalf("identifiers %+v (%v), want %+v", ids, err, want)
+		}
+		// Keys and identifiers share one Patient read.
+		f.wantCalls(testehr.Patient, 2)
+	})
 	t.Run("cached per patient", func(t *testing.T) {
 		f := setup(t, func(_ *Config, e *testehr.EHR) { add(e) })
 		for i := 0; i < 3; i++ {
