@@ -80,6 +80,23 @@ func AnyMatchesToken(ids []Identifier, system string, hasSystem bool, value stri
 	return false
 }
 
+type routeFHIRBaseKey struct{}
+
+// WithRouteFHIRBase returns ctx carrying the public FHIR base of the route
+// that serves the request ("https://imaging.example.org/ehr/fhir"), as the
+// handler derives it. An authorizer with no audience configured requires a
+// token's audience, when the token or its introspection carries one, to
+// name this base.
+func WithRouteFHIRBase(ctx context.Context, base string) context.Context {
+	return context.WithValue(ctx, routeFHIRBaseKey{}, base)
+}
+
+// RouteFHIRBase is the base WithRouteFHIRBase put in ctx, or "".
+func RouteFHIRBase(ctx context.Context) string {
+	s, _ := ctx.Value(routeFHIRBaseKey{}).(string)
+	return s
+}
+
 // Error is an authorization failure with the status the client should see.
 type Error struct {
 	// Status is 401, 403, 502, 503 or 504.

@@ -44,7 +44,9 @@ func (SmartAuthz) CaddyModule() caddy.ModuleInfo {
 // Provision resolves placeholders and builds the authorizer. It does no
 // network I/O (caddy validate runs it): discovery, tokens and keys are
 // fetched on first use. When no audience is configured, the route's
-// base_url + "/fhir" is the expected token audience.
+// base_url + "/fhir" is the expected token audience; without base_url, an
+// introspected aud must name the route's FHIR base derived from each
+// request (the handler passes it in the request's context).
 func (m *SmartAuthz) Provision(ctx caddy.Context) error {
 	repl := caddy.NewReplacer()
 	// ReplaceKnown leaves anything that is not a placeholder alone (an

@@ -386,10 +386,13 @@ var (
 )
 
 // authorize runs the authorizer and records the caller for the audit line
-// and the access log.
+// and the access log. The authorizer learns the route's public FHIR base
+// (base_url, else derived from the request) through the request's
+// context: a token's audience must name it when none is configured.
 func (h *Handler) authorize(r *http.Request) (*authz.Principal, error) {
 	start := time.Now()
-	p, err := h.authorizer.Authorize(r)
+	ar := r.WithContext(authz.WithRouteFHIRBase(r.Context(), h.publicBase(r)+"/fhir"))
+	p, err := h.authorizer.Authorize(ar)
 	metricAuthzDuration.WithLabelValues(h.metricRoute(r)).Observe(time.Since(start).Seconds())
 	if err == nil {
 		setPrincipal(r, p)

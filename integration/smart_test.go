@@ -616,6 +616,44 @@ func TestSmartOnFHIREndToEnd(t *testing.T) {
 		}
 	})
 
+	// /secret has no audience and no base_url: an introspected aud must name
+	// the route's FHIR base as the request reaches it. A token for another
+	// server (or another route of this one) was accepted before.
+	t.Run("no base_url: aud must name this route's FHIR base", func(t *testing.T) {
+		secret := base + "/secret/fhir/ImagingStudy?patient=" + smartAlice
+		mint := func(aud ...string) string {
+			return env.mint(ehr, testehr.TokenSpec{Patient: smartAlice, Scope: "launch/patient patient/ImagingStudy.rs", Aud: aud})
+		}
+		for name, tok := range map[string]string{
+			"another server":                mint("https://elsewhere.example.org/fhir"),
+			"the /smart route of this host": mint(base + "/smart/fhir"),
+			"this route without /fhir":      mint(base + "/secret"),
+			"this route over https":         mint("https://localhost:9080/secret/fhir"),
+		} {
+			t.Run("refused: a token for "+name, func(t *testing.T) {
+				hdr, diag := smartRefused(t, env.as(tok), secret, http.StatusUnauthorized)
+				if wa := hdr.Get("WWW-Authenticate"); !strings.Contains(wa, `error="invalid_token"`) || !strings.Contains(diag, "aud") {
+					t.Errorf("WWW-Authenticate %q, diagnostics %q; want invalid_token naming aud", wa, diag)
+				}
+			})
+		}
+		for name, tok := range map[string]string{
+			"this route":           mint(base + "/secret/fhir"),
+			"this route, and more": mint("https://elsewhere.example.org/fhir", base+"/secret/fhir/"),
+			"no aud at all":        mint(),
+		} {
+			t.Run("accepted: a token for "+name, func(t *testing.T) {
+				checkStudies(t, search(t, env.as(tok), secret), wantAlice, ehr.FHIRBase()+"/Patient/"+smartAlice, base+"/secret/wado/")
+			})
+		}
+		t.Run("one token on two routes: each checks its own audience", func(t *testing.T) {
+			tok := env.mint(ehr, testehr.TokenSpec{Patient: smartAlice, Aud: []string{base + "/smart/fhir"}})
+			search(t, env.as(tok), smart+smartAlice)
+			smartRefused(t, env.as(tok), secret, http.StatusUnauthorized)
+			search(t, env.as(tok), smart+smartAlice)
+		})
+	})
+
 	t.Run("Epic-like EHR: configured introspection endpoint, patient from fhirUser", func(t *testing.T) {
 		epic := env.epic
 		tok := env.mint(epic, testehr.TokenSpec{Patient: demoPatient, OmitPatient: true, FHIRUser: epic.FHIRBase() + "/Patient/" + demoPatient})

@@ -92,8 +92,10 @@ type Config struct {
 	// jwks_url is set, introspection otherwise).
 	Validation string `json:"validation,omitempty"`
 	// Audience lists acceptable token audiences. Default (set by the Caddy
-	// glue): the route's FHIR base URL. Required for jwt validation; with
-	// introspection it is checked when the response carries aud.
+	// glue): the route's base_url + "/fhir". Required for jwt validation.
+	// With introspection, an answer that carries aud must name one of
+	// them or, when there are none, the route's FHIR base the request
+	// carries (authz.RouteFHIRBase); an answer without aud is not compared.
 	Audience []string `json:"audience,omitempty"`
 	// Issuer is the expected token issuer. For jwt validation the default
 	// is the issuer in the smart-configuration; with introspection it is

@@ -79,6 +79,10 @@ var _ authz.Authorizer = (*Authorizer)(nil)
 type tokenEntry struct {
 	principal *authz.Principal
 	deny      *authz.Error
+	// aud is the introspected audience, checked on every request against
+	// the audience in effect for it (audienceDeny): with none configured,
+	// that is the route's, which may differ from one request to the next.
+	aud []string
 }
 
 type callerToken struct {
@@ -198,7 +202,7 @@ func (a *Authorizer) Authorize(r *http.Request) (*authz.Principal, error) {
 	key := tokenKey(token)
 	if e, ok := a.tokens.get(key, a.now()); ok {
 		a.observe("hit")
-		return e.result()
+		return a.decide(r, e)
 	}
 	v, err := a.flight(r.Context(), "token:"+key, func(ctx context.Context) (any, error) {
 		if e, ok := a.tokens.get(key, a.now()); ok {
@@ -216,7 +220,41 @@ func (a *Authorizer) Authorize(r *http.Request) (*authz.Principal, error) {
 	if err != nil {
 		return nil, err
 	}
-	return v.(*tokenEntry).result()
+	return a.decide(r, v.(*tokenEntry))
+}
+
+// decide is the cached or fresh decision on a token for this request: the
+// audience first, then the decision itself.
+func (a *Authorizer) decide(r *http.Request, e *tokenEntry) (*authz.Principal, error) {
+	if deny := a.audienceDeny(r.Context(), e.aud); deny != nil {
+		return nil, deny
+	}
+	return e.result()
+}
+
+// audienceDeny checks an introspected audience. The introspection answer
+// may carry none (many EHRs leave it out): nothing to compare. Otherwise
+// it must name the configured audience (audience, or the route's base_url
+// + "/fhir", set at provisioning) or, with none configured, the FHIR base
+// of the route serving this request (authz.RouteFHIRBase); with neither
+// known, the token is refused rather than taken unchecked. JWTs have their
+// audience checked against the configured one when they are verified.
+func (a *Authorizer) audienceDeny(ctx context.Context, aud []string) *authz.Error {
+	if len(aud) == 0 {
+		return nil
+	}
+	want := a.s.audience
+	if len(want) == 0 {
+		base := strings.TrimRight(authz.RouteFHIRBase(ctx), "/")
+		if base == "" {
+			return authz.Unauthorized("the access token names an audience (aud) and this route has none configured to compare it with", nil)
+		}
+		want = []string{base}
+	}
+	if !audienceMatches(aud, want) {
+		return authz.Unauthorized("the access token was not issued for this server (aud)", nil)
+	}
+	return nil
 }
 
 func (e *tokenEntry) result() (*authz.Principal, error) {
@@ -272,12 +310,17 @@ func (a *Authorizer) check(ctx context.Context, token string) (*tokenEntry, *aut
 	}
 	p, deny := a.principal(c, hash)
 	a.logDecision(hash, p, deny)
-	return &tokenEntry{principal: p, deny: deny}, nil
+	e := &tokenEntry{principal: p, deny: deny}
+	if a.s.validation != ValidationJWT {
+		e.aud = c.aud
+	}
+	return e, nil
 }
 
 // checkIntrospected applies the checks introspection leaves to the
-// resource server: active, exp/nbf (with leeway), and iss/aud when the
-// response has them and the configuration names them.
+// resource server: active, exp/nbf (with leeway), and iss when the
+// response has it and the configuration names it. The audience is checked
+// per request (audienceDeny).
 func (a *Authorizer) checkIntrospected(c *claims) *authz.Error {
 	now := a.now()
 	switch {
@@ -289,8 +332,6 @@ func (a *Authorizer) checkIntrospected(c *claims) *authz.Error {
 		return authz.Unauthorized("the access token is not valid yet", nil)
 	case a.s.issuer != "" && c.iss != "" && c.iss != a.s.issuer:
 		return authz.Unauthorized("the access token was issued by another authorization server", nil)
-	case len(a.s.audience) > 0 && len(c.aud) > 0 && !audienceMatches(c.aud, a.s.audience):
-		return authz.Unauthorized("the access token was not issued for this server (aud)", nil)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -224,6 +225,91 @@ func TestIntrospectionRefused(t *testing.T) {
 	// The audience matches with or without a trailing slash.
 	ok := f.issue(testehr.TokenSpec{Patient: "123", Aud: []string{"https://x.example/fhir", routeBase + "/"}})
 	f.allow(ok)
+}
+
+// requestFor is request(token) served by the route whose public FHIR base
+// is routeFHIRBase, as the handler says through the context.
+func requestFor(token, routeFHIRBase string) *http.Request {
+	r := request(token)
+	return r.WithContext(authz.WithRouteFHIRBase(r.Context(), routeFHIRBase))
+}
+
+// TestIntrospectionAudienceOfTheRoute: with no audience configured (no
+// audience, no base_url), an introspected token whose aud names another
+// server was accepted. The route's own FHIR base, derived by the handler
+// from the request, is now what aud must name.
+func TestIntrospectionAudienceOfTheRoute(t *testing.T) {
+	f := setup(t, func(c *Config, _ *testehr.EHR) { c.Audience = nil })
+	const otherRoute = "https://imaging.example.org/other/fhir"
+	try := func(tok, routeFHIRBase string) (*authz.Principal, *authz.Error) {
+		t.Helper()
+		p, err := f.a.Authorize(requestFor(tok, routeFHIRBase))
+		return p, asErr(t, err)
+	}
+
+	for name, aud := range map[string][]string{
+		"another server":                     {"https://other.example.org/fhir"},
+		"this host, another route":           {otherRoute},
+		"this route without /fhir":           {"https://imaging.example.org/ehr"},
+		"this route over http":               {"http://imaging.example.org/ehr/fhir"},
+		"a prefix of this route's base":      {"https://imaging.example.org"},
+		"this route's base with a suffix":    {routeBase + "x"},
+		"several, none of them this route's": {"https://a.example.org/fhir", "https://b.example.org/fhir"},
+	} {
+		t.Run("refused: "+name, func(t *testing.T) {
+			_, err := try(f.issue(testehr.TokenSpec{Patient: "123", Aud: aud}), routeBase)
+			mustRefuse(t, err, 401, `error="invalid_token"`)
+			if !strings.Contains(err.Message, "aud") {
+				t.Errorf("message %q does not name the audience", err.Message)
+			}
+		})
+	}
+	for name, aud := range map[string][]string{
+		"this route's FHIR base":      {routeBase},
+		"with a trailing slash":       {routeBase + "/"},
+		"among others":                {"https://other.example.org/fhir", routeBase},
+		"no aud in the introspection": nil,
+	} {
+		t.Run("accepted: "+name, func(t *testing.T) {
+			_, err := try(f.issue(testehr.TokenSpec{Patient: "123", Aud: aud}), routeBase)
+			if err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+		})
+	}
+
+	t.Run("a cached decision is re-checked against each request's route", func(t *testing.T) {
+		tok := f.issue(testehr.TokenSpec{Patient: "123", Aud: []string{routeBase}})
+		before := f.ehr.Calls(testehr.Introspect)
+		if _, err := try(tok, routeBase); err != nil {
+			t.Fatal(err)
+		}
+		_, err := try(tok, otherRoute)
+		mustRefuse(t, err, 401, `error="invalid_token"`)
+		if _, err := try(tok, routeBase); err != nil {
+			t.Fatalf("refused on its own route after a refusal elsewhere: %v", err)
+		}
+		if n := f.ehr.Calls(testehr.Introspect) - before; n != 1 {
+			t.Errorf("%d introspections, want 1 (the decision is cached, the audience checked per request)", n)
+		}
+	})
+
+	t.Run("no route known: a token with aud is refused", func(t *testing.T) {
+		_, err := f.authorize(f.issue(testehr.TokenSpec{Patient: "123", Aud: []string{routeBase}}))
+		mustRefuse(t, err, 401, `error="invalid_token"`)
+		f.allow(f.issue(testehr.TokenSpec{Patient: "123"}))
+	})
+}
+
+func TestIntrospectionConfiguredAudienceWins(t *testing.T) {
+	// A configured audience (or base_url) is what aud must name, whatever
+	// the request looks like.
+	f := setup(t, nil)
+	if _, err := f.a.Authorize(requestFor(f.issue(testehr.TokenSpec{Patient: "123", Aud: []string{routeBase}}), "http://localhost:9080/ehr/fhir")); err != nil {
+		t.Errorf("token for the configured audience refused: %v", err)
+	}
+	_, err := f.a.Authorize(requestFor(f.issue(testehr.TokenSpec{Patient: "123", Aud: []string{"http://localhost:9080/ehr/fhir"}}), "http://localhost:9080/ehr/fhir"))
+	mustRefuse(t, asErr(t, err), 401, `error="invalid_token"`)
 }
 
 func TestIntrospectionActiveButExpired(t *testing.T) {
