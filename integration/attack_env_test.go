@@ -324,12 +324,16 @@ func goroutineDump() string {
 	return string(buf[:runtime.Stack(buf, true)])
 }
 
-// attackLedger counts attempts and leaks across an adversarial run.
+// attackLedger counts attempts and leaks across an adversarial run, and
+// the attempts answered otherwise than required (a viewport rendered, a
+// token for another server accepted: not a leak of another patient's
+// data, but an attack that worked).
 type attackLedger struct {
-	mu       sync.Mutex
-	attempts int
-	leaks    []string
-	statuses map[int]int
+	mu         sync.Mutex
+	attempts   int
+	leaks      []string
+	unexpected int
+	statuses   map[int]int
 }
 
 func (l *attackLedger) status(code int) {
@@ -369,10 +373,17 @@ func (l *attackLedger) leak(format string, args ...any) {
 	l.mu.Unlock()
 }
 
-func (l *attackLedger) counts() (int, int) {
+// miss records an attempt answered with a status it must not get.
+func (l *attackLedger) miss() {
+	l.mu.Lock()
+	l.unexpected++
+	l.mu.Unlock()
+}
+
+func (l *attackLedger) counts() (attempts, leaks, unexpected int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.attempts, len(l.leaks)
+	return l.attempts, len(l.leaks), l.unexpected
 }
 
 // hitLog records the requests a server received.

@@ -48,8 +48,8 @@ const (
 // Orthanc: /a is bound to patient A, /b to patient B (the source of B's
 // genuine study tokens), /open has no binding (its tokens name no
 // patient), /smart and /jwt take SMART tokens from the test EHR (checked
-// by introspection and locally as JWTs), /dynr allows dynamic configs for
-// the hosts in allow.
+// by introspection and locally as JWTs), /smartnb as /smart but without
+// base_url, /dynr allows dynamic configs for the hosts in allow.
 func attackConfig(pacs *orthanc.Server, ehr *testehr.EHR, logFile, accessLog string, allow []string) string {
 	key := base64.StdEncoding.EncodeToString(testKey)
 	images := func(lookup string) string {
@@ -117,6 +117,14 @@ http://localhost:9080 {
 			%[9]s
 			%[4]s
 			base_url http://localhost:9080/jwt
+		}
+	}
+	# Introspection with neither audience nor base_url: a token's aud
+	# must name this route's FHIR base as derived from the request.
+	handle_path /smartnb/* {
+		smart_imaging {
+			%[8]s
+			%[4]s
 		}
 	}
 	handle_path /dynr/* {
@@ -234,6 +242,7 @@ func (a *attacker) run(r atkReq) (int, []byte) {
 		t.Errorf("LEAK %s: HTTP %d holds %s: %.300s", r.name, resp.StatusCode, strings.Join(found, ", "), got)
 	}
 	if !slices.Contains(r.want, resp.StatusCode) {
+		a.ledger.miss()
 		t.Errorf("%s: %s %s: HTTP %d, want one of %v; body %.300s", r.name, method, r.url, resp.StatusCode, r.want, got)
 	}
 	if resp.StatusCode >= 400 && method != http.MethodHead {
@@ -532,6 +541,18 @@ func TestAttack(t *testing.T) {
 		attackSMART(&a2, ehr, tokA, tokB, jwtA, smartEpsA, smartEpsB, jwtEpsA, tA, sa, sb, bait.URL, baitHits)
 	})
 
+	t.Run("sizes and repeats", func(t *testing.T) {
+		a2 := *a
+		a2.t = t
+		attackSizes(&a2, wadoA, base+"/a/fhir/ImagingStudy", pa, sa)
+	})
+
+	t.Run("audiences and identifier systems", func(t *testing.T) {
+		a2 := *a
+		a2.t = t
+		attackAudienceAndSystems(&a2, ehr, pa)
+	})
+
 	t.Run("dynamic config SSRF", func(t *testing.T) {
 		a2 := *a
 		a2.t = t
@@ -558,8 +579,8 @@ func TestAttack(t *testing.T) {
 	checkAttackLog(t, logFile, attackFromLine, notSent, logSecrets, ledger, true)
 	checkAttackLog(t, accessLog, accessFromLine, notSent, logSecrets, ledger, false)
 
-	attempts, leaks := ledger.counts()
-	summary := fmt.Sprintf("attack suite: %d attempts, %d leaks", attempts, leaks)
+	attempts, leaks, unexpected := ledger.counts()
+	summary := fmt.Sprintf("attack suite: %d attempts, %d leaks, %d answered otherwise than required", attempts, leaks, unexpected)
 	t.Log(summary)
 	fmt.Println(summary)
 	fmt.Printf("attack suite answers: %s\n", ledger.statusSummary())
