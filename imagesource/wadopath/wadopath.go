@@ -265,8 +265,10 @@ func parseFrames(s string) ([]int, error) {
 	out := make([]int, 0, len(parts))
 	seen := make(map[int]bool, len(parts))
 	for _, f := range parts {
-		if f == "" || len(f) > 9 || strings.TrimLeft(f, "0123456789") != "" {
-			return nil, refuse("frame number %q is not a positive integer", f)
+		if f == "" || len(f) > 9 || strings.TrimLeft(f, "0123456789") != "" || (len(f) > 1 && f[0] == '0') {
+			// No leading zeros: "01" would name frame 1 without being its
+			// canonical form.
+			return nil, refuse("frame number %q is not a positive integer without leading zeros", f)
 		}
 		n, _ := strconv.Atoi(f)
 		if n < 1 {

@@ -71,6 +71,8 @@ func TestParseRefused(t *testing.T) {
 		"studies/" + st + "/series/" + se + "/instances/" + in + "/frames/1,,2",
 		"studies/" + st + "/series/" + se + "/instances/" + in + "/frames/",
 		"studies/" + st + "/series/" + se + "/instances/" + in + "/frames/9999999999",
+		"studies/" + st + "/series/" + se + "/instances/" + in + "/frames/01",
+		"studies/" + st + "/series/" + se + "/instances/" + in + "/frames/2,00",
 		"studies/" + st + "/frames/1",
 		"studies/" + st + "/bulkdata/7fe00010",
 		"studies/" + st + "/series/" + se + "/instances/" + in + "/bulk",
