@@ -143,8 +143,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			n, err := strconv.Atoi(d.Val())
-			if err != nil || n < 1 || n > imagesource.MaxImageSide {
-				return d.Errf("max_render_size: want a number of pixels from 1 to %d, got %q", imagesource.MaxImageSide, d.Val())
+			if err != nil || n < imagesource.MinMaxRenderSize || n > imagesource.MaxImageSide {
+				return d.Errf("max_render_size: want a number of pixels from %d to %d, got %q", imagesource.MinMaxRenderSize, imagesource.MaxImageSide, d.Val())
 			}
 			h.MaxRenderSize = n
 			if d.NextArg() {

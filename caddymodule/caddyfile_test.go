@@ -13,6 +13,9 @@ func TestCaddyfileMaxRenderSize(t *testing.T) {
 		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("smart_imaging {\n" + body + "\n}"))
 		return h, err
 	}
+	if h, err := parse("max_render_size 128"); err != nil || h.Validate() != nil {
+		t.Errorf("max_render_size 128 (the smallest): %v", err)
+	}
 	h, err := parse("max_render_size 1024")
 	if err != nil || h.MaxRenderSize != 1024 {
 		t.Fatalf("max_render_size 1024: %+v, %v", h.MaxRenderSize, err)
@@ -23,7 +26,7 @@ func TestCaddyfileMaxRenderSize(t *testing.T) {
 	if (&Handler{}).maxRenderSize() != 2048 {
 		t.Errorf("the default bound is %d, want 2048", (&Handler{}).maxRenderSize())
 	}
-	for _, bad := range []string{"max_render_size", "max_render_size 0", "max_render_size -5", "max_render_size 65536",
+	for _, bad := range []string{"max_render_size", "max_render_size 0", "max_render_size 127", "max_render_size -5", "max_render_size 65536",
 		"max_render_size 2k", "max_render_size 512 512"} {
 		if _, err := parse(bad); err == nil {
 			t.Errorf("%q accepted", bad)
@@ -31,7 +34,7 @@ func TestCaddyfileMaxRenderSize(t *testing.T) {
 			t.Errorf("%q: error %q does not say what is wrong", bad, err)
 		}
 	}
-	for _, n := range []int{-1, 65536} {
+	for _, n := range []int{-1, 64, 65536} {
 		if err := (&Handler{MaxRenderSize: n}).Validate(); err == nil {
 			t.Errorf("Validate accepted max_render_size %d", n)
 		}

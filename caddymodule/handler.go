@@ -80,7 +80,8 @@ type Handler struct {
 	// or thumbnail request may ask for (its viewport), and the size the
 	// folder source fits an image into when none is asked for. Larger
 	// requests are refused with 400 before the source sees them. Default
-	// 2048 (imagesource.DefaultMaxRenderSize); at most 65535.
+	// 2048 (imagesource.DefaultMaxRenderSize); from 128 (a thumbnail's
+	// default size) to 65535.
 	MaxRenderSize int `json:"max_render_size,omitempty"`
 
 	authorizer authz.Authorizer
@@ -260,8 +261,10 @@ func (h *Handler) Cleanup() error {
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
-	if h.MaxRenderSize < 0 || h.MaxRenderSize > imagesource.MaxImageSide {
-		return fmt.Errorf("max_render_size must be from 1 to %d pixels", imagesource.MaxImageSide)
+	if h.MaxRenderSize != 0 && (h.MaxRenderSize < imagesource.MinMaxRenderSize || h.MaxRenderSize > imagesource.MaxImageSide) {
+		// Below 128, a thumbnail asked for without a viewport (rendered at
+		// 128 by the sources) would pass a bound the route means to set.
+		return fmt.Errorf("max_render_size must be from %d to %d pixels", imagesource.MinMaxRenderSize, imagesource.MaxImageSide)
 	}
 	if h.StudyTokenTTL < 0 {
 		return errors.New("study_token_ttl must be positive")

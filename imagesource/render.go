@@ -19,6 +19,10 @@ import (
 // 30000x30000 thumbnail.
 const DefaultMaxRenderSize = 2048
 
+// MinMaxRenderSize is the smallest max_render_size a route may configure:
+// the size a thumbnail is rendered at when the request names none.
+const MinMaxRenderSize = 128
+
 // MaxImageSide is the largest image side DICOM can describe (Rows and
 // Columns are 16-bit): the most a route's max_render_size may be, and the
 // bound of a viewport's source region.
