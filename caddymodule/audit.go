@@ -65,6 +65,12 @@ func (h *Handler) withAudit(w http.ResponseWriter, r *http.Request, action strin
 	rec := &auditRecord{action: action, allowed: true}
 	r = r.WithContext(context.WithValue(r.Context(), auditKey{}, rec))
 	cw := &countingWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	// The request is counted the moment its status is committed, before
+	// any of the body leaves: a client that has the answer can scrape the
+	// metrics and find it counted. One that ends without writing (an error
+	// for Caddy's error routes) is counted on return, also before the
+	// client sees anything.
+	cw.onCommit = func(status int) { h.countRequest(r, rec, status) }
 	var err error
 	// Logged in a defer so an aborted stream (panic ErrAbortHandler) is
 	// audited too.
@@ -81,7 +87,10 @@ func (h *Handler) logDecision(r *http.Request, rec *auditRecord, cw *countingWri
 	if rec.status == 0 {
 		rec.status = cw.status
 	}
-	metricRequests.WithLabelValues(h.metricRoute(r), rec.action, outcomeOf(rec.status, rec.allowed), statusLabel(rec.status)).Inc()
+	if !cw.committed {
+		cw.committed = true
+		h.countRequest(r, rec, rec.status)
+	}
 	ce := h.audit.Check(zapcore.InfoLevel, "decision")
 	if ce == nil {
 		return
@@ -113,24 +122,46 @@ func (h *Handler) logDecision(r *http.Request, rec *auditRecord, cw *countingWri
 	ce.Write(fields...)
 }
 
-// countingWriter counts the status and body bytes of a response. It keeps
+// countRequest adds one to the request counter for r with the outcome
+// known so far (a refusal is recorded in rec before its answer is written).
+func (h *Handler) countRequest(r *http.Request, rec *auditRecord, status int) {
+	if rec.status != 0 {
+		status = rec.status
+	}
+	metricRequests.WithLabelValues(h.metricRoute(r), rec.action, outcomeOf(status, rec.allowed), statusLabel(status)).Inc()
+}
+
+// countingWriter counts the status and body bytes of a response, and calls
+// onCommit once, when the status is committed. It keeps
 // http.ResponseController working (Flush) through Unwrap.
 type countingWriter struct {
 	*caddyhttp.ResponseWriterWrapper
-	status int
-	bytes  int64
+	status    int
+	bytes     int64
+	committed bool
+	onCommit  func(status int)
+}
+
+func (c *countingWriter) commit(code int) {
+	c.status = code
+	if !c.committed {
+		c.committed = true
+		if c.onCommit != nil {
+			c.onCommit(code)
+		}
+	}
 }
 
 func (c *countingWriter) WriteHeader(code int) {
 	if c.status == 0 && code >= 200 {
-		c.status = code
+		c.commit(code)
 	}
 	c.ResponseWriterWrapper.WriteHeader(code)
 }
 
 func (c *countingWriter) Write(b []byte) (int, error) {
 	if c.status == 0 {
-		c.status = http.StatusOK
+		c.commit(http.StatusOK)
 	}
 	n, err := c.ResponseWriterWrapper.Write(b)
 	c.bytes += int64(n)
