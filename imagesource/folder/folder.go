@@ -41,6 +41,7 @@ type Source struct {
 	studies  map[string]*study
 	ordered  []*study
 	problems []string
+	notDICOM int // how many of problems are files without the Part 10 prefix
 	count    int
 }
 
@@ -202,7 +203,8 @@ func Open(root string, logger *zap.Logger) (*Source, error) {
 		zap.String("root", abs),
 		zap.Int("studies", len(s.ordered)),
 		zap.Int("instances", s.count),
-		zap.Int("problems", len(s.problems)),
+		zap.Int("problems", len(s.problems)-s.notDICOM),
+		zap.Int("not_dicom", s.notDICOM),
 		zap.Duration("took", time.Since(start)))
 	return s, nil
 }
@@ -216,7 +218,14 @@ func (s *Source) rel(p string) string {
 }
 
 func (s *Source) problem(rel string, err error) {
-	s.log.Warn("folder image source: skipping file", zap.String("file", rel), zap.Error(err))
+	if errors.Is(err, errNotPart10) {
+		// Notes, manifests and the like beside the images are normal in a
+		// folder of studies: worth a count, not a warning.
+		s.notDICOM++
+		s.log.Debug("folder image source: skipping a file that is not DICOM", zap.String("file", rel))
+	} else {
+		s.log.Warn("folder image source: skipping file", zap.String("file", rel), zap.Error(err))
+	}
 	s.problems = append(s.problems, rel+": "+err.Error())
 }
 

@@ -11,6 +11,9 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 const (
@@ -312,3 +315,29 @@ func BenchmarkOpen(b *testing.B) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// A file that is not DICOM at all (notes, a manifest) is counted and logged
+// at debug; a broken DICOM file is a warning an operator should see.
+func TestOpenWarnsOnlyAboutBrokenDICOM(t *testing.T) {
+	dir := t.TempDir()
+	buildTree(t, dir)
+	core, logs := observer.New(zapcore.DebugLevel)
+	if _, err := Open(dir, zap.New(core)); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	var warned []string
+	for _, e := range logs.FilterLevelExact(zapcore.WarnLevel).All() {
+		warned = append(warned, e.ContextMap()["file"].(string))
+	}
+	got := strings.Join(warned, " ")
+	if strings.Contains(got, "notes.txt") {
+		t.Errorf("warned about a text file beside the images: %v", warned)
+	}
+	if !strings.Contains(got, "truncated.dcm") {
+		t.Errorf("no warning about a truncated DICOM file: %v", warned)
+	}
+	idx := logs.FilterMessage("folder image source indexed").All()
+	if len(idx) != 1 || idx[0].ContextMap()["not_dicom"] == int64(0) {
+		t.Errorf("index line %v lacks the not_dicom count", idx)
+	}
+}

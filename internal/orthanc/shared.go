@@ -2,6 +2,7 @@ package orthanc
 
 import (
 	"context"
+	"os"
 	"sync"
 	"testing"
 )
@@ -67,14 +68,30 @@ func RunTests(m *testing.M) int {
 	return code
 }
 
+// RequireEnv names the environment switch that turns a missing Orthanc
+// from a skip into a failure. CI sets it, so that a broken install can
+// never pass with the real-PACS tests skipped.
+const RequireEnv = "SIA_REQUIRE_ORTHANC"
+
 // SkipUnlessAvailable skips tb in -short mode or when Orthanc is not
-// installed. Tests that start their own instance with Start call it first.
+// installed; with SIA_REQUIRE_ORTHANC=1 a missing Orthanc fails tb
+// instead. Tests that start their own instance with Start call it first.
 func SkipUnlessAvailable(tb testing.TB) {
 	tb.Helper()
-	if testing.Short() {
+	skipUnless(tb, testing.Short(), Available())
+}
+
+func skipUnless(tb testing.TB, short, available bool) {
+	tb.Helper()
+	if short {
 		tb.Skip("skipping the real-PACS test in -short mode (it starts Orthanc)")
+		return
 	}
-	if !Available() {
+	if !available {
+		if os.Getenv(RequireEnv) == "1" {
+			tb.Fatalf("%s=1 but Orthanc is not installed (%s and %s)", RequireEnv, DefaultBinary, DefaultPlugin)
+			return
+		}
 		tb.Skipf("Orthanc is not installed (%s and %s); apt-get install orthanc orthanc-dicomweb to run this test", DefaultBinary, DefaultPlugin)
 	}
 }
