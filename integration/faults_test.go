@@ -351,6 +351,12 @@ func (p *faultProxy) relay(c net.Conn, mode faultMode, release chan struct{}) {
 // use short upstream timeouts; grace_period lets streams in flight finish
 // across a reload.
 func faultsConfig(pacs *orthanc.Server, pacsProxy, ehrProxy *faultProxy, logFile, marker string) string {
+	// The upstream deadlines the stall cases run into (stalls last until
+	// released, so only their length, not the outcome, depends on these).
+	upstreamTimeout := "1s"
+	if raceDetector {
+		upstreamTimeout = "5s"
+	}
 	key := base64.StdEncoding.EncodeToString(testKey)
 	return fmt.Sprintf(testGlobals+`	grace_period 20s
 %[1]s}
@@ -363,10 +369,10 @@ http://localhost:9080 {
 			images dicomweb %[4]s/dicom-web {
 				lookup studies-by-mrn
 				basic_auth %[5]s %[6]s
-				qido_timeout 1s
+				qido_timeout %[13]s
 				transport http {
-					dial_timeout 1s
-					response_header_timeout 1s
+					dial_timeout %[13]s
+					response_header_timeout %[13]s
 				}
 			}
 			study_token_key %[7]s
@@ -379,7 +385,7 @@ http://localhost:9080 {
 				client_id %[9]s
 				client_secret {env.%[10]s}
 				mrn_system %[11]s
-				timeout 1s
+				timeout %[13]s
 			}
 			images dicomweb %[12]s {
 				lookup studies-by-mrn
@@ -389,12 +395,12 @@ http://localhost:9080 {
 			base_url http://localhost:9080/fe
 		}
 	}
-	handle_path /%[13]s/* {
-		respond "config %[13]s"
+	handle_path /%[14]s/* {
+		respond "config %[14]s"
 	}
 }
 `, globalLogOption(logFile), demoPatient, demoMRN, pacsProxy.URL(), pacs.Username(), pacs.Password(), key,
-		ehrProxy.URL(), atkClientID, atkSecretEnv, atkMRNSystem, pacs.DICOMwebURL(), marker)
+		ehrProxy.URL(), atkClientID, atkSecretEnv, atkMRNSystem, pacs.DICOMwebURL(), upstreamTimeout, marker)
 }
 
 // faultAnswer is what the client saw.
