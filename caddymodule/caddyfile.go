@@ -9,6 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/smart-imaging/smart_imaging/internal/dynconfig"
 )
 
 func init() {
@@ -46,6 +48,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		cors <origin>...|*
 //		dynamic_config {
 //			allow_hosts <host[:port]>...
+//			credentials <host[:port]> basic <user> <password>
+//			credentials <host[:port]> bearer <token>
+//			credentials <host[:port]> client_secret <client id> <secret>
+//			credentials <host[:port]> private_key <client id> <file|JWK|PEM>
+//			allow_url_credentials
+//			authz smart-on-fhir { <any option but fhir_base_url, client_id and keys> }
 //			allow_mock
 //			max_configs <n>
 //		}
@@ -165,8 +173,35 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 						return d.Errf("max_configs: want a positive integer, got %q", d.Val())
 					}
 					h.Dynamic.MaxConfigs = n
+				case "credentials":
+					c, err := parseDynamicCredential(d)
+					if err != nil {
+						return err
+					}
+					h.Dynamic.Credentials = append(h.Dynamic.Credentials, c)
+				case "allow_url_credentials":
+					if d.NextArg() {
+						return d.ArgErr()
+					}
+					h.Dynamic.AllowURLCredentials = true
+				case "authz":
+					if h.Dynamic.SMART != nil {
+						return d.Err("dynamic_config: authz is already set")
+					}
+					if !d.NextArg() || d.Val() != "smart-on-fhir" {
+						return d.Err("dynamic_config: authz smart-on-fhir { … } sets the policy of smart-on-fhir tenants")
+					}
+					mod, err := caddyfile.UnmarshalModule(d, "http.handlers.smart_imaging.authz.smart-on-fhir")
+					if err != nil {
+						return d.Errf("dynamic_config: authz smart-on-fhir: %v", err)
+					}
+					cfg := mod.(*SmartAuthz).Config
+					if err := checkSMARTPolicy(cfg); err != nil {
+						return d.Errf("dynamic_config: authz smart-on-fhir: %v", err)
+					}
+					h.Dynamic.SMART = &cfg
 				default:
-					return d.Errf("unrecognized dynamic_config option '%s' (known: allow_hosts, allow_mock, max_configs)", d.Val())
+					return d.Errf("unrecognized dynamic_config option '%s' (known: allow_hosts, credentials, allow_url_credentials, authz, allow_mock, max_configs)", d.Val())
 				}
 			}
 			if len(h.Dynamic.AllowHosts) == 0 {
@@ -177,6 +212,32 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// parseDynamicCredential reads the arguments of a dynamic_config
+// credentials line: <host> basic <user> <password> | bearer <token> |
+// client_secret <client id> <secret> | private_key <client id> <key>.
+func parseDynamicCredential(d *caddyfile.Dispenser) (dynconfig.Credential, error) {
+	args := d.RemainingArgs()
+	usage := "credentials <host[:port]> basic <user> <password> | bearer <token> | client_secret <client id> <secret> | private_key <client id> <file|JWK|PEM>"
+	if len(args) < 3 {
+		return dynconfig.Credential{}, d.Errf("dynamic_config: %s", usage)
+	}
+	c := dynconfig.Credential{Host: args[0], Kind: args[1]}
+	v := args[2:]
+	switch {
+	case c.Kind == dynconfig.CredBasic && len(v) == 2:
+		c.Username, c.Password = v[0], v[1]
+	case c.Kind == dynconfig.CredBearer && len(v) == 1:
+		c.Token = v[0]
+	case c.Kind == dynconfig.CredClientSecret && len(v) == 2:
+		c.ClientID, c.ClientSecret = v[0], v[1]
+	case c.Kind == dynconfig.CredPrivateKey && len(v) == 2:
+		c.ClientID, c.PrivateKey = v[0], v[1]
+	default:
+		return dynconfig.Credential{}, d.Errf("dynamic_config: %s", usage)
+	}
+	return c, nil
 }
 
 // Interface guard.
