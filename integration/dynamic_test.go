@@ -66,7 +66,7 @@ http://localhost:9080 {
 		return base64.RawURLEncoding.EncodeToString(b)
 	}
 	cfg := map[string]any{
-		"authz": map[string]any{"kind": "mock", "patient": "dyn-patient", "mrn": []string{dicomgen.DemoPatientMRN}},
+		"authz":  map[string]any{"kind": "mock", "patient": "dyn-patient", "mrn": []string{dicomgen.DemoPatientMRN}},
 		"images": map[string]any{"kind": "dicomweb", "base_url": "http://" + pacsHost + "/dicom-web", "lookup": "studies-by-mrn"},
 	}
 	seg := encode(cfg)
