@@ -7,10 +7,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
+	"regexp"
 	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -253,5 +256,163 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// readmeLogFilter is the access log filter the README's security section
+// recommends: the pattern and the replacement of its request>uri regexp.
+func readmeLogFilter(t *testing.T) (pattern, replacement string) {
+	t.Helper()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, ok := strings.Cut(string(b), "## Security model")
+	if !ok {
+		t.Fatal("the README has no Security model section")
+	}
+	m := regexp.MustCompile(`request>uri\s+regexp\s+"([^"]+)"\s+"([^"]*)"`).FindStringSubmatch(sec)
+	if m == nil {
+		t.Fatal("the README's security section recommends no request>uri regexp filter")
+	}
+	return m[1], m[2]
+}
+
+// TestDynamicCredentialsStayOutOfURLsAndLogs runs /dyn tenants the way the
+// README says to: upstream credentials from the operator per host, the
+// access log and Caddy's DEBUG log filtered with the README's filter. The
+// PACS gets the operator's credentials; a URL carrying its own is refused
+// unless the route allows it; and neither log holds a /dyn segment, what
+// it decodes to, or any credential.
+func TestDynamicCredentialsStayOutOfURLsAndLogs(t *testing.T) {
+	var (
+		mu   sync.Mutex
+		auth []string
+	)
+	pacs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		auth = append(auth, r.Header.Get("Authorization"))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/dicom+json")
+		_, _ = io.WriteString(w, "[]")
+	}))
+	t.Cleanup(pacs.Close)
+	pacsAuth := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), auth...)
+	}
+	const operatorPassword, urlPassword = "operator-pacs-password-7f3a", "url-pacs-password-91c2"
+	pattern, replacement := readmeLogFilter(t)
+	dir := t.TempDir()
+	debugLog, accessLog := filepath.Join(dir, "debug.log"), filepath.Join(dir, "access.log")
+	key := base64.StdEncoding.EncodeToString(testKey)
+	route := func(prefix, extra string) string {
+		return fmt.Sprintf(`
+	handle_path /%s/* {
+		smart_imaging {
+			authz mock {
+				patient %s mrn %s
+			}
+			images folder ../examples/demo/studies
+			study_token_key %s
+			dynamic_config {
+				allow_hosts %s
+				allow_mock
+				%s
+			}
+		}
+	}`, prefix, demoPatient, demoMRN, key, hostOf(pacs.URL), extra)
+	}
+	tc := caddytest.NewTester(t)
+	// Caddy's own log at DEBUG, filtered as the README says for DEBUG
+	// (Caddy's rewrite handler logs each request's URI there).
+	tc.InitServer(testGlobals+fmt.Sprintf(`	grace_period 1ns
+	log {
+		output file %[1]s
+		level DEBUG
+		format filter {
+			wrap json
+			request>uri regexp %[3]q %[4]q
+			uri regexp %[3]q %[4]q
+		}
+	}
+}
+http://localhost:9080 {
+	log {
+		output file %[2]s
+		format filter {
+			wrap json
+			request>uri regexp %[3]q %[4]q
+		}
+	}`, debugLog, accessLog, pattern, replacement)+
+		route("operator", "credentials "+hostOf(pacs.URL)+" basic gateway "+operatorPassword)+
+		route("url", "allow_url_credentials")+"\n}\n", "caddyfile")
+
+	images := jsonObj{"kind": "dicomweb", "base_url": pacs.URL + "/dicom-web"}
+	mockA := jsonObj{"kind": "mock", "patient": demoPatient, "mrn": []string{demoMRN}}
+	plain := jsonObj{"authz": mockA, "images": images}
+	withPassword := jsonObj{"authz": mockA, "images": merge(images, jsonObj{"username": "someone", "password": urlPassword})}
+	var segments []string
+	ask := func(route string, doc jsonObj, want int) []byte {
+		seg := dynSegment(doc)
+		segments = append(segments, seg)
+		return get(t, tc, base+"/"+route+"/dyn/"+seg+"/fhir/ImagingStudy?patient="+demoPatient, "application/fhir+json", want, "application/fhir+json")
+	}
+
+	ask("operator", plain, http.StatusOK)
+	basic := func(user, pw string) string {
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pw))
+	}
+	if got := pacsAuth(); len(got) != 1 || got[0] != basic("gateway", operatorPassword) {
+		t.Fatalf("the PACS saw Authorization %q, want the operator's credentials once", got)
+	}
+	body := ask("operator", withPassword, http.StatusBadRequest)
+	if d := diagnosticsOf(body); !strings.Contains(d, "images.password") || strings.Contains(d, urlPassword) {
+		t.Errorf("refusal of a password in the URL: %q", d)
+	}
+	if got := pacsAuth(); len(got) != 1 {
+		t.Fatalf("the refused config reached the PACS: %q", got)
+	}
+	ask("url", withPassword, http.StatusOK)
+	if got := pacsAuth(); len(got) != 2 || got[1] != basic("someone", urlPassword) {
+		t.Fatalf("with allow_url_credentials the PACS saw %q, want the URL's credentials", got)
+	}
+	ask("url", plain, http.StatusOK)
+	if got := pacsAuth(); len(got) != 3 || got[2] != "" {
+		t.Fatalf("a host without operator credentials got %q", got)
+	}
+
+	secrets := []string{operatorPassword, urlPassword, basic("gateway", operatorPassword), basic("someone", urlPassword)}
+	for _, name := range []string{accessLog, debugLog} {
+		var lines []string
+		waitFor(t, 5*time.Second, "the access log lines", func() bool {
+			lines = readLogLines(t, name)
+			return name == debugLog || len(lines) >= len(segments)
+		})
+		text := strings.Join(lines, "\n")
+		for i, l := range lines {
+			// What a segment decodes to is scanned too.
+			decoded := l
+			for _, m := range dynSegmentInLog.FindAllStringSubmatch(l, -1) {
+				if raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(m[1], "=")); err == nil {
+					decoded += "\n" + string(raw)
+				}
+			}
+			for _, seg := range segments {
+				if strings.Contains(l, seg) {
+					t.Errorf("%s line %d holds a /dyn segment: %.300s", filepath.Base(name), i, l)
+				}
+			}
+			for _, s := range secrets {
+				if strings.Contains(decoded, s) {
+					t.Errorf("%s line %d holds a credential (%.12s…): %.300s", filepath.Base(name), i, s, l)
+				}
+			}
+		}
+		if name == accessLog && !strings.Contains(text, "/dyn/REDACTED") {
+			t.Errorf("the access log does not show the filtered /dyn path:\n%.2000s", text)
+		}
+		t.Logf("checked %d lines of %s", len(lines), filepath.Base(name))
 	}
 }
