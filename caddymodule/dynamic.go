@@ -70,6 +70,9 @@ type dynamicTenants struct {
 	// tenant's context and cleans up exactly the modules loaded into it.
 	root caddy.Context
 
+	// provisionMu serializes provisioning.
+	provisionMu sync.Mutex
+
 	mu     sync.Mutex
 	lru    *list.List // of *dynamicTenant, most recent first
 	byKey  map[string]*list.Element
@@ -215,44 +218,76 @@ func (d *dynamicTenants) acquire(route, seg string) (*dynamicTenant, error) {
 	key := hex.EncodeToString(sum[:])
 
 	t, evicted, err := d.lookupOrProvision(raw, key, route)
-	// Evicted tenants are released outside the lock: cleaning up closes
-	// idle connections.
+	// Evicted (or superfluous) tenants are released outside the lock:
+	// cleaning up closes idle connections.
 	for _, old := range evicted {
 		old.release()
 	}
 	return t, err
 }
 
+// lookupOrProvision finds or makes the tenant of key and counts the caller
+// among its users; it returns the tenants evicted to make room, for the
+// caller to release. Provisioning holds provisionMu, not mu: a stream of
+// new configs waits on itself (Caddy's provisioning is not meant to run
+// concurrently) but does not hold up requests to tenants already
+// provisioned.
 func (d *dynamicTenants) lookupOrProvision(raw []byte, key, route string) (*dynamicTenant, []*dynamicTenant, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		return nil, nil, &problem{Status: http.StatusServiceUnavailable, Code: "transient", RetryAfter: time.Second,
-			Message: "the configuration is being reloaded"}
+	if t, err := d.use(key); t != nil || err != nil {
+		return t, nil, err
 	}
-	if e, ok := d.byKey[key]; ok {
-		d.lru.MoveToFront(e)
-		t := e.Value.(*dynamicTenant)
-		t.inUse++
-		return t, nil, nil
+	d.provisionMu.Lock()
+	defer d.provisionMu.Unlock()
+	// Another request may have provisioned it while this one waited.
+	if t, err := d.use(key); t != nil || err != nil {
+		return t, nil, err
 	}
 	tenant, err := d.policy.Parse(raw)
 	if err != nil {
 		return nil, nil, badDynamic(err)
 	}
-	t, err := d.provision(tenant, key, route)
+	fresh, err := d.provision(tenant, key, route)
 	if err != nil {
 		return nil, nil, err
 	}
-	t.inUse++
-	d.byKey[key] = d.lru.PushFront(t)
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, []*dynamicTenant{fresh}, errReloading
+	}
+	fresh.inUse++
+	d.byKey[key] = d.lru.PushFront(fresh)
 	var evicted []*dynamicTenant
 	for d.lru.Len() > d.maxConfigs {
 		if old := d.evictLocked(d.lru.Back()); old != nil {
 			evicted = append(evicted, old)
 		}
 	}
-	return t, evicted, nil
+	return fresh, evicted, nil
+}
+
+// errReloading refuses /dyn requests that arrive while the route's
+// configuration is being unloaded.
+var errReloading = &problem{Status: http.StatusServiceUnavailable, Code: "transient", RetryAfter: time.Second,
+	Message: "the configuration is being reloaded"}
+
+// use returns the provisioned tenant of key, if any, counting the caller
+// among its users.
+func (d *dynamicTenants) use(key string) (*dynamicTenant, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errReloading
+	}
+	e, ok := d.byKey[key]
+	if !ok {
+		return nil, nil
+	}
+	d.lru.MoveToFront(e)
+	t := e.Value.(*dynamicTenant)
+	t.inUse++
+	return t, nil
 }
 
 // evictLocked takes a tenant out of the cache and returns it when it can

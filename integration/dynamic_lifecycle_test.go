@@ -51,34 +51,51 @@ func takeMemSnapshot() memSnapshot {
 	return s
 }
 
-// dynFlood sends n distinct /dyn configs (urlFor(i)) without a token, one
-// after the other: each provisions a tenant and is refused with 401; at
-// most max_configs stay provisioned. It returns the snapshots before and
+// dynFlood sends n distinct /dyn configs (urlFor(i)) without a token, from
+// four clients at once: each provisions a tenant and is refused with 401;
+// at most max_configs stay provisioned. It returns the snapshots before and
 // after, the latter once the goroutine count came back within
 // goroutineMargin of before (or 10 s passed): an evicted tenant's
 // goroutines end when its context is cancelled, which takes a moment.
 func dynFlood(t *testing.T, c *http.Client, n, goroutineMargin int, urlFor func(i int) string) (before, after memSnapshot) {
 	t.Helper()
-	get := func(u string) {
+	get := func(u string) error {
 		resp, err := c.Get(u)
 		if err != nil {
-			t.Fatalf("GET %s: %v", u, err)
+			return err
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusUnauthorized {
-			t.Fatalf("GET %.120s…: HTTP %d, want 401 (no token)", u, resp.StatusCode)
+			return fmt.Errorf("GET %.120s…: HTTP %d, want 401 (no token)", u, resp.StatusCode)
+		}
+		return nil
+	}
+	run := func(from, to int) {
+		const workers = 4
+		errs := make(chan error, workers)
+		for w := 0; w < workers; w++ {
+			go func(w int) {
+				for i := from + w; i < to; i += workers {
+					if err := get(urlFor(i)); err != nil {
+						errs <- err
+						return
+					}
+				}
+				errs <- nil
+			}(w)
+		}
+		for w := 0; w < workers; w++ {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	// Warm up: fill the tenant cache and whatever the first tenants
 	// create once per process.
-	for i := 0; i < 100; i++ {
-		get(urlFor(-1 - i))
-	}
+	run(-100, 0)
 	before = takeMemSnapshot()
-	for i := 0; i < n; i++ {
-		get(urlFor(i))
-	}
+	run(0, n)
 	deadline := time.Now().Add(10 * time.Second)
 	for runtime.NumGoroutine() > before.goroutines+goroutineMargin && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
