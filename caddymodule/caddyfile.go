@@ -48,6 +48,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		cors <origin>...|*
 //		dynamic_config {
 //			allow_hosts <host[:port]>...
+//			allow_ehr_hosts <host[:port]>...
+//			allow_pacs_hosts <host[:port]>...
 //			credentials <host[:port]> basic <user> <password>
 //			credentials <host[:port]> bearer <token>
 //			credentials <host[:port]> client_secret <client id> <secret>
@@ -153,12 +155,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			for nesting := d.Nesting(); d.NextBlock(nesting); {
 				switch d.Val() {
-				case "allow_hosts":
+				case "allow_hosts", "allow_ehr_hosts", "allow_pacs_hosts":
+					opt := d.Val()
 					hosts := d.RemainingArgs()
 					if len(hosts) == 0 {
 						return d.ArgErr()
 					}
-					h.Dynamic.AllowHosts = append(h.Dynamic.AllowHosts, hosts...)
+					dst := map[string]*[]string{"allow_hosts": &h.Dynamic.AllowHosts, "allow_ehr_hosts": &h.Dynamic.AllowEHRHosts,
+						"allow_pacs_hosts": &h.Dynamic.AllowPACSHosts}[opt]
+					*dst = append(*dst, hosts...)
 				case "allow_mock":
 					if d.NextArg() {
 						return d.ArgErr()
@@ -201,11 +206,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					}
 					h.Dynamic.SMART = &cfg
 				default:
-					return d.Errf("unrecognized dynamic_config option '%s' (known: allow_hosts, credentials, allow_url_credentials, authz, allow_mock, max_configs)", d.Val())
+					return d.Errf("unrecognized dynamic_config option '%s' (known: allow_hosts, allow_ehr_hosts, allow_pacs_hosts, credentials, allow_url_credentials, authz, allow_mock, max_configs)", d.Val())
 				}
 			}
-			if len(h.Dynamic.AllowHosts) == 0 {
-				return d.Err("dynamic_config needs allow_hosts: the PACS and EHR hosts dynamic configs may use")
+			if len(h.Dynamic.AllowHosts)+len(h.Dynamic.AllowEHRHosts)+len(h.Dynamic.AllowPACSHosts) == 0 {
+				return d.Err("dynamic_config needs allow_hosts (or allow_ehr_hosts and allow_pacs_hosts): the EHR and PACS hosts dynamic configs may use")
 			}
 		default:
 			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, base_url, route_id, cors, dynamic_config)", d.Val())

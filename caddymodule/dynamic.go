@@ -31,8 +31,13 @@ import (
 // the rules.
 type DynamicConfig struct {
 	// AllowHosts are the hosts (host or host:port) a dynamic config may send
-	// requests to: its PACS and its EHR endpoints.
+	// requests to, as its PACS or as its EHR (the FHIR base and the
+	// endpoints its discovery names).
 	AllowHosts []string `json:"allow_hosts,omitempty"`
+	// AllowEHRHosts may serve only as a tenant's EHR, AllowPACSHosts only
+	// as its PACS.
+	AllowEHRHosts  []string `json:"allow_ehr_hosts,omitempty"`
+	AllowPACSHosts []string `json:"allow_pacs_hosts,omitempty"`
 	// AllowMock lets dynamic configs use "authz mock" (the URL names the
 	// patient, with no EHR): for demos only.
 	AllowMock bool `json:"allow_mock,omitempty"`
@@ -100,6 +105,8 @@ func newDynamicTenants(ctx caddy.Context, parent *Handler, cfg DynamicConfig) (*
 	d := &dynamicTenants{
 		policy: dynconfig.Policy{
 			AllowHosts:          cfg.AllowHosts,
+			AllowEHRHosts:       cfg.AllowEHRHosts,
+			AllowPACSHosts:      cfg.AllowPACSHosts,
 			AllowMock:           cfg.AllowMock,
 			AllowURLCredentials: cfg.AllowURLCredentials,
 			MaxStudyTokenTTL:    parent.ttl,
@@ -350,7 +357,7 @@ func (d *dynamicTenants) provision(ten *dynconfig.Tenant, key, parentRoute strin
 	child.logger, child.audit = d.parent.logger, d.parent.audit
 	if sa, ok := child.authorizer.(*SmartAuthz); ok {
 		// Endpoints the EHR's discovery names must be on the list too.
-		sa.restrictURLs(d.policy.CheckEndpoint)
+		sa.restrictURLs(func(u string) error { return d.policy.CheckEndpoint(u, dynconfig.RoleEHR) })
 	}
 	d.parent.logger.Info("dynamic config provisioned", zap.String("config_hash", key[:16]),
 		zap.String("authz", ten.Authz.Kind), zap.String("images", dynconfig.ImagesDICOMweb))

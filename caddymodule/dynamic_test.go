@@ -21,6 +21,8 @@ func TestDynamicConfigCaddyfile(t *testing.T) {
 		return &h, err
 	}
 	h, err := parse(`allow_hosts pacs:8042 ehr.example.org
+		allow_ehr_hosts ehr2.example.org
+		allow_pacs_hosts pacs2:8042
 		credentials pacs:8042 basic u p
 		credentials ehr.example.org private_key gw /k.jwk
 		allow_url_credentials
@@ -32,6 +34,9 @@ func TestDynamicConfigCaddyfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := h.Dynamic
+	if strings.Join(d.AllowEHRHosts, " ") != "ehr2.example.org" || strings.Join(d.AllowPACSHosts, " ") != "pacs2:8042" {
+		t.Errorf("role lists: %q %q", d.AllowEHRHosts, d.AllowPACSHosts)
+	}
 	if !d.AllowURLCredentials || len(d.Credentials) != 2 || d.SMART == nil || strings.Join(d.SMART.MRNSystem, " ") != "urn:a urn:b" || d.SMART.PatientClaim != "fhirUser" {
 		t.Errorf("parsed %+v (policy %+v)", d, d.SMART)
 	}
@@ -50,7 +55,7 @@ func TestDynamicConfigCaddyfile(t *testing.T) {
 		{"allow_hosts a\n authz smart-on-fhir {\n validation jwt\n}", "needs audience"},
 		{"allow_hosts a\n authz smart-on-fhir {\n mrn_systen x\n}", "unrecognized"},
 		{"allow_hosts a\n authz smart-on-fhir {\n}\n authz smart-on-fhir {\n}", "already set"},
-		{"allow_hosts a\n mrn_system x", "known: allow_hosts, credentials, allow_url_credentials, authz, allow_mock, max_configs"},
+		{"allow_hosts a\n mrn_system x", "known: allow_hosts, allow_ehr_hosts, allow_pacs_hosts, credentials"},
 	} {
 		if _, err := parse(x.block); err == nil || !strings.Contains(err.Error(), x.want) {
 			t.Errorf("%q: error %v, want %q", x.block, err, x.want)

@@ -54,13 +54,14 @@ const (
 // genuine study tokens), /open has no binding (its tokens name no
 // patient), /smart and /jwt take SMART tokens from the test EHR (checked
 // by introspection and locally as JWTs), /dynr allows dynamic configs for
-// the hosts in allow.
+// the PACS, the EHR and the redirector.
 //
-// The /dyn route's operator policy: the PACS's and the EHR's credentials
+// The /dyn route's operator policy: the PACS allowed as a PACS only, the
+// EHR as an EHR only, the redirector as either; the PACS's and the EHR's credentials
 // per host (a dummy secret for the redirector, so that no real secret is
 // ever offered to a host that redirects), the static routes' identifier
 // system, and the EHR's FHIR base as the accepted token audience.
-func attackConfig(pacs *orthanc.Server, ehr *testehr.EHR, logFile, accessLog string, allow []string, redirectorHost string) string {
+func attackConfig(pacs *orthanc.Server, ehr *testehr.EHR, logFile, accessLog, redirectorHost string) string {
 	key := base64.StdEncoding.EncodeToString(testKey)
 	images := func(lookup string) string {
 		return fmt.Sprintf(`images dicomweb %s {
@@ -137,22 +138,24 @@ http://localhost:9080 {
 			%[4]s
 			dynamic_config {
 				allow_hosts %[10]s
+				allow_ehr_hosts %[13]s
+				allow_pacs_hosts %[12]s
 				allow_mock
 				credentials %[12]s basic %[14]s %[15]s
 				credentials %[13]s client_secret %[16]s {env.%[17]s}
-				credentials %[18]s client_secret %[16]s not-the-ehr-secret
+				credentials %[10]s client_secret %[16]s not-the-ehr-secret
 				authz smart-on-fhir {
-					mrn_system %[19]s
-					audience %[20]s
+					mrn_system %[18]s
+					audience %[19]s
 				}
 			}
 		}
 	}
 }
 `, globalLogOption(logFile), demoPatient, demoMRN, images("studies-by-mrn"), atkPatientB, atkMRNB,
-		images("all-studies"), smartAuthz(""), smartAuthz("jwks_url "+ehr.JWKSURL()), strings.Join(allow, " "), accessLog,
+		images("all-studies"), smartAuthz(""), smartAuthz("jwks_url "+ehr.JWKSURL()), redirectorHost, accessLog,
 		"127.0.0.1:"+strconv.Itoa(pacs.Port()), hostOf(ehr.URL()), pacs.Username(), pacs.Password(), atkClientID, atkSecretEnv,
-		redirectorHost, atkMRNSystem, ehr.FHIRBase())
+		atkMRNSystem, ehr.FHIRBase())
 }
 
 // attacker sends attempts and judges the answers.
@@ -438,13 +441,11 @@ func TestAttack(t *testing.T) {
 		http.Redirect(w, r, bait.URL+r.URL.RequestURI(), http.StatusFound)
 	}))
 	t.Cleanup(redirector.Close)
-	pacsHost := "127.0.0.1:" + strconv.Itoa(pacs.Port())
-	allow := []string{pacsHost, hostOf(redirector.URL), hostOf(ehr.URL())}
 
 	logDir := t.TempDir()
 	logFile, accessLog := filepath.Join(logDir, "caddy.log"), filepath.Join(logDir, "access.log")
 	tc := caddytest.NewTester(t)
-	tc.InitServer(attackConfig(pacs, ehr, logFile, accessLog, allow, hostOf(redirector.URL)), "caddyfile")
+	tc.InitServer(attackConfig(pacs, ehr, logFile, accessLog, hostOf(redirector.URL)), "caddyfile")
 
 	ledger := &attackLedger{}
 	a := &attacker{t: t, client: newRawClient(4), needles: foreignNeedles(rows, demoMRN), aStudies: pa.studySet(), ledger: ledger,

@@ -134,11 +134,38 @@ type Credential struct {
 
 func (c Credential) forPACS() bool { return c.Kind == CredBasic || c.Kind == CredBearer }
 
+// Role is what a tenant uses a host for.
+type Role int
+
+// Roles of hosts.
+const (
+	// RoleEHR: the EHR's FHIR base and the endpoints its discovery names
+	// (token, introspection, JWKS): what decides whose tokens are good and
+	// which patient they are for.
+	RoleEHR Role = iota + 1
+	// RolePACS: the PACS's DICOMweb root.
+	RolePACS
+)
+
+func (r Role) String() string {
+	if r == RolePACS {
+		return "PACS"
+	}
+	return "EHR"
+}
+
 // Policy is the operator's side of /dyn configs on one route.
 type Policy struct {
 	// AllowHosts are the hosts (host or host:port) tenants may send
-	// requests to. An entry without a port allows every port of the host.
+	// requests to, as their EHR or their PACS. An entry without a port
+	// allows every port of the host.
 	AllowHosts []string
+	// AllowEHRHosts may serve only as a tenant's EHR, AllowPACSHosts only
+	// as its PACS. A PACS that can be made to serve arbitrary bytes (a
+	// stored object's content) must never be taken for an EHR, whose
+	// discovery, keys and Patient resources decide who is who.
+	AllowEHRHosts  []string
+	AllowPACSHosts []string
 	// AllowMock lets tenants use authz mock, i.e. name their own patient:
 	// demos only.
 	AllowMock bool
@@ -153,12 +180,14 @@ type Policy struct {
 
 // Check validates the policy itself (the operator's configuration).
 func (p *Policy) Check() error {
-	if len(p.AllowHosts) == 0 {
-		return errors.New("allow_hosts is required (the PACS and EHR hosts dynamic configs may use)")
+	if len(p.AllowHosts)+len(p.AllowEHRHosts)+len(p.AllowPACSHosts) == 0 {
+		return errors.New("allow_hosts (or allow_ehr_hosts and allow_pacs_hosts) is required: the EHR and PACS hosts dynamic configs may use")
 	}
-	for _, h := range p.AllowHosts {
-		if h == "" || strings.ContainsAny(h, "/*?#@ {}") {
-			return fmt.Errorf("allow_hosts entry %q must be a host or host:port", h)
+	for _, list := range [][]string{p.AllowHosts, p.AllowEHRHosts, p.AllowPACSHosts} {
+		for _, h := range list {
+			if h == "" || strings.ContainsAny(h, "/*?#@ {}") {
+				return fmt.Errorf("allow_hosts entry %q must be a host or host:port", h)
+			}
 		}
 	}
 	if p.MaxStudyTokenTTL <= 0 {
@@ -166,8 +195,12 @@ func (p *Policy) Check() error {
 	}
 	seen := map[string]bool{}
 	for _, c := range p.Credentials {
-		if c.Host == "" || !p.Allowed(c.Host) {
-			return fmt.Errorf("credentials for %q: the host must be on allow_hosts", c.Host)
+		role := RoleEHR
+		if c.forPACS() {
+			role = RolePACS
+		}
+		if c.Host == "" || !p.Allowed(c.Host, role) {
+			return fmt.Errorf("credentials for %q: the host must be allowed in the %s role (allow_hosts or allow_%s_hosts)", c.Host, role, strings.ToLower(role.String()))
 		}
 		var ok bool
 		switch c.Kind {
@@ -185,11 +218,7 @@ func (p *Policy) Check() error {
 		if !ok {
 			return fmt.Errorf("credentials for %s: %s needs all its values", c.Host, c.Kind)
 		}
-		role := "EHR (client_secret or private_key)"
-		if c.forPACS() {
-			role = "PACS (basic or bearer)"
-		}
-		k := strings.ToLower(c.Host) + "\x00" + role
+		k := strings.ToLower(c.Host) + "\x00" + role.String()
 		if seen[k] {
 			return fmt.Errorf("credentials for %s: a second %s credential", c.Host, role)
 		}
@@ -199,9 +228,16 @@ func (p *Policy) Check() error {
 }
 
 // Allowed reports whether host (host or host:port, as in a URL) is on the
-// allow list.
-func (p *Policy) Allowed(host string) bool {
-	return slices.ContainsFunc(p.AllowHosts, func(entry string) bool { return hostMatches(entry, host) })
+// allow list for role.
+func (p *Policy) Allowed(host string, role Role) bool {
+	match := func(entry string) bool { return hostMatches(entry, host) }
+	if slices.ContainsFunc(p.AllowHosts, match) {
+		return true
+	}
+	if role == RolePACS {
+		return slices.ContainsFunc(p.AllowPACSHosts, match)
+	}
+	return slices.ContainsFunc(p.AllowEHRHosts, match)
 }
 
 // hostMatches reports whether host (as in a URL: "h", "h:p", "[v6]:p")
@@ -218,10 +254,10 @@ func hostMatches(entry, host string) bool {
 
 // CheckEndpoint checks a URL the gateway is about to call on a tenant's
 // behalf that the tenant did not write (an endpoint the EHR's discovery
-// names): absolute http(s), no credentials, a host on the allow list.
-func (p *Policy) CheckEndpoint(raw string) error {
+// names): absolute http(s), no credentials, a host allowed for role.
+func (p *Policy) CheckEndpoint(raw string, role Role) error {
 	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil || !p.Allowed(u.Host) {
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil || !p.Allowed(u.Host, role) {
 		return fmt.Errorf("%q is not on this route's allow list: %w", raw, ErrOffAllowList)
 	}
 	return nil
@@ -342,7 +378,7 @@ func (p *Policy) parseAuthz(raw json.RawMessage, a *Authz) error {
 			"the operator sets it in dynamic_config; a /dyn smart-on-fhir config sets only kind, fhir_base_url and client_id"); err != nil {
 			return err
 		}
-		if a.FHIRBaseURL, err = p.urlField("authz.fhir_base_url", m["fhir_base_url"], true); err != nil {
+		if a.FHIRBaseURL, err = p.urlField("authz.fhir_base_url", m["fhir_base_url"], true, RoleEHR); err != nil {
 			return err
 		}
 		if a.ClientID, err = str("authz.client_id", m["client_id"], false); err != nil {
@@ -372,7 +408,7 @@ func (p *Policy) parseAuthz(raw json.RawMessage, a *Authz) error {
 		if a.MRN, err = strs("authz.mrn", m["mrn"]); err != nil {
 			return err
 		}
-		if a.FHIRBaseURL, err = p.urlField("authz.fhir_base_url", m["fhir_base_url"], false); err != nil {
+		if a.FHIRBaseURL, err = p.urlField("authz.fhir_base_url", m["fhir_base_url"], false, RoleEHR); err != nil {
 			return err
 		}
 	default:
@@ -401,7 +437,7 @@ func (p *Policy) parseImages(raw json.RawMessage, im *Images) error {
 		"the operator sets it; a /dyn dicomweb config sets only kind, base_url and lookup"); err != nil {
 		return err
 	}
-	if im.BaseURL, err = p.urlField("images.base_url", m["base_url"], true); err != nil {
+	if im.BaseURL, err = p.urlField("images.base_url", m["base_url"], true, RolePACS); err != nil {
 		return err
 	}
 	if im.Lookup, err = str("images.lookup", m["lookup"], false); err != nil {
@@ -573,8 +609,8 @@ func plain(field, s string) error {
 }
 
 // urlField decodes a URL field: absolute http(s), no credentials, a host
-// on the allow list.
-func (p *Policy) urlField(field string, raw json.RawMessage, required bool) (string, error) {
+// allowed for role.
+func (p *Policy) urlField(field string, raw json.RawMessage, required bool, role Role) (string, error) {
 	s, err := str(field, raw, required)
 	if err != nil || s == "" {
 		return s, err
@@ -595,8 +631,8 @@ func (p *Policy) urlField(field string, raw json.RawMessage, required bool) (str
 	if u.Host == "" || u.Opaque != "" {
 		return "", fail(field, ErrBadValue, "must be an absolute http(s) URL")
 	}
-	if !p.Allowed(u.Host) {
-		return "", fail(field, ErrOffAllowList, "host %q is not on this route's allow list", u.Host)
+	if !p.Allowed(u.Host, role) {
+		return "", fail(field, ErrOffAllowList, "host %q is not on this route's allow list for the %s", u.Host, role)
 	}
 	return s, nil
 }

@@ -11,7 +11,9 @@ import (
 
 func testPolicy() *Policy {
 	return &Policy{
-		AllowHosts: []string{"pacs.internal:8042", "ehr.example.org"},
+		AllowHosts:     []string{"pacs.internal:8042", "ehr.example.org"},
+		AllowEHRHosts:  []string{"ehr-only.example.org"},
+		AllowPACSHosts: []string{"pacs-only:8042"},
 		Credentials: []Credential{
 			{Host: "pacs.internal:8042", Kind: CredBasic, Username: "gw", Password: "pacs-pw"},
 			{Host: "ehr.example.org", Kind: CredClientSecret, ClientID: "imaging-gw", ClientSecret: "ehr-secret"},
@@ -201,6 +203,28 @@ func TestParseMock(t *testing.T) {
 	wantRefusal(t, err, "authz.patient", ErrBadValue)
 }
 
+// A host allowed in one role only may not serve in the other: a PACS
+// that can be made to serve arbitrary bytes must never pass for an EHR
+// (its discovery, keys and Patient resources decide who is who).
+func TestParseHostRoles(t *testing.T) {
+	p := testPolicy()
+	if _, err := parse(t, p, doc(`{"kind":"smart-on-fhir","fhir_base_url":"https://ehr-only.example.org/fhir"}`, `{"kind":"dicomweb","base_url":"http://pacs-only:8042/dicom-web"}`)); err != nil {
+		t.Errorf("hosts in their own roles: %v", err)
+	}
+	_, err := parse(t, p, doc(`{"kind":"smart-on-fhir","fhir_base_url":"http://pacs-only:8042/instances/x/content/0010,0010"}`, pacsOK))
+	wantRefusal(t, err, "authz.fhir_base_url", ErrOffAllowList)
+	_, err = parse(t, p, doc(smartOK, `{"kind":"dicomweb","base_url":"https://ehr-only.example.org/dicom-web"}`))
+	wantRefusal(t, err, "images.base_url", ErrOffAllowList)
+	if err := p.CheckEndpoint("http://pacs-only:8042/jwks", RoleEHR); !errors.Is(err, ErrOffAllowList) {
+		t.Errorf("a discovered JWKS on a PACS-only host: %v", err)
+	}
+	bad := testPolicy()
+	bad.Credentials = append(bad.Credentials, Credential{Host: "ehr-only.example.org", Kind: CredBasic, Username: "u", Password: "p"})
+	if err := bad.Check(); err == nil {
+		t.Error("accepted PACS credentials for an EHR-only host")
+	}
+}
+
 func TestPolicyCheck(t *testing.T) {
 	for name, p := range map[string]*Policy{
 		"no hosts":              {MaxStudyTokenTTL: time.Hour},
@@ -223,11 +247,11 @@ func TestPolicyCheck(t *testing.T) {
 
 func TestCheckEndpoint(t *testing.T) {
 	p := testPolicy()
-	if err := p.CheckEndpoint("https://ehr.example.org/auth/token"); err != nil {
+	if err := p.CheckEndpoint("https://ehr.example.org/auth/token", RoleEHR); err != nil {
 		t.Error(err)
 	}
 	for _, u := range []string{"https://evil.example.net/token", "ftp://ehr.example.org/", "https://u:p@ehr.example.org/", "/token"} {
-		if err := p.CheckEndpoint(u); !errors.Is(err, ErrOffAllowList) {
+		if err := p.CheckEndpoint(u, RoleEHR); !errors.Is(err, ErrOffAllowList) {
 			t.Errorf("%s: %v", u, err)
 		}
 	}
@@ -280,6 +304,7 @@ func FuzzParse(f *testing.F) {
 	seed(doc(smartOK, `{"kind":"dicomweb","base_url":"http://[::1]:8042/dicom-web"}`))
 	seed(doc(smartOK, `{"kind":"folder","root":"/"}`))
 	seed(doc(`{"kind":"smart-on-fhir","fhir_base_url":"https://ehr.example.org/fhir","private_key":"etc/key.jwk"}`, pacsOK))
+	seed(doc(`{"kind":"smart-on-fhir","fhir_base_url":"http://pacs-only:8042/fhir"}`, `{"kind":"dicomweb","base_url":"https://ehr-only.example.org/dicom-web"}`))
 	seed(`[]`)
 	f.Add("", true)
 	f.Add("====", true)
@@ -301,16 +326,14 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		for _, u := range []string{ten.Authz.FHIRBaseURL, ten.Images.BaseURL} {
-			if u == "" {
-				continue
-			}
-			if err := p.CheckEndpoint(u); err != nil {
-				t.Fatalf("accepted a URL that is not an allowed http(s) endpoint: %q", u)
-			}
+		if u := ten.Authz.FHIRBaseURL; u != "" && p.CheckEndpoint(u, RoleEHR) != nil {
+			t.Fatalf("accepted an EHR that is not an allowed http(s) EHR host: %q", u)
 		}
 		if ten.Images.BaseURL == "" {
 			t.Fatal("accepted a tenant without a PACS")
+		}
+		if p.CheckEndpoint(ten.Images.BaseURL, RolePACS) != nil {
+			t.Fatalf("accepted a PACS that is not an allowed http(s) PACS host: %q", ten.Images.BaseURL)
 		}
 		all := []string{ten.Authz.Kind, ten.Authz.FHIRBaseURL, ten.Authz.ClientID, ten.Authz.PrivateKeyAlg, ten.Authz.PrivateKeyID,
 			ten.Authz.Patient, ten.Images.BaseURL, ten.Images.Lookup}
