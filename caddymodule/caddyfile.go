@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/internal/dynconfig"
 )
 
 func init() {
@@ -49,6 +50,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_render_size <pixels>
 //		dynamic_config {
 //			allow_hosts <host[:port]>...
+//			allow_ehr_hosts <host[:port]>...
+//			allow_pacs_hosts <host[:port]>...
+//			credentials <host[:port]> basic <user> <password>
+//			credentials <host[:port]> bearer <token>
+//			credentials <host[:port]> client_secret <client id> <secret>
+//			credentials <host[:port]> private_key <client id> <file|JWK|PEM>
+//			allow_url_credentials
+//			authz smart-on-fhir { <any option but fhir_base_url, client_id and keys> }
 //			allow_mock
 //			max_configs <n>
 //		}
@@ -160,12 +169,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			for nesting := d.Nesting(); d.NextBlock(nesting); {
 				switch d.Val() {
-				case "allow_hosts":
+				case "allow_hosts", "allow_ehr_hosts", "allow_pacs_hosts":
+					opt := d.Val()
 					hosts := d.RemainingArgs()
 					if len(hosts) == 0 {
 						return d.ArgErr()
 					}
-					h.Dynamic.AllowHosts = append(h.Dynamic.AllowHosts, hosts...)
+					dst := map[string]*[]string{"allow_hosts": &h.Dynamic.AllowHosts, "allow_ehr_hosts": &h.Dynamic.AllowEHRHosts,
+						"allow_pacs_hosts": &h.Dynamic.AllowPACSHosts}[opt]
+					*dst = append(*dst, hosts...)
 				case "allow_mock":
 					if d.NextArg() {
 						return d.ArgErr()
@@ -180,18 +192,71 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 						return d.Errf("max_configs: want a positive integer, got %q", d.Val())
 					}
 					h.Dynamic.MaxConfigs = n
+				case "credentials":
+					c, err := parseDynamicCredential(d)
+					if err != nil {
+						return err
+					}
+					h.Dynamic.Credentials = append(h.Dynamic.Credentials, c)
+				case "allow_url_credentials":
+					if d.NextArg() {
+						return d.ArgErr()
+					}
+					h.Dynamic.AllowURLCredentials = true
+				case "authz":
+					if h.Dynamic.SMART != nil {
+						return d.Err("dynamic_config: authz is already set")
+					}
+					if !d.NextArg() || d.Val() != "smart-on-fhir" {
+						return d.Err("dynamic_config: authz smart-on-fhir { … } sets the policy of smart-on-fhir tenants")
+					}
+					mod, err := caddyfile.UnmarshalModule(d, "http.handlers.smart_imaging.authz.smart-on-fhir")
+					if err != nil {
+						return d.Errf("dynamic_config: authz smart-on-fhir: %v", err)
+					}
+					cfg := mod.(*SmartAuthz).Config
+					if err := checkSMARTPolicy(cfg); err != nil {
+						return d.Errf("dynamic_config: authz smart-on-fhir: %v", err)
+					}
+					h.Dynamic.SMART = &cfg
 				default:
-					return d.Errf("unrecognized dynamic_config option '%s' (known: allow_hosts, allow_mock, max_configs)", d.Val())
+					return d.Errf("unrecognized dynamic_config option '%s' (known: allow_hosts, allow_ehr_hosts, allow_pacs_hosts, credentials, allow_url_credentials, authz, allow_mock, max_configs)", d.Val())
 				}
 			}
-			if len(h.Dynamic.AllowHosts) == 0 {
-				return d.Err("dynamic_config needs allow_hosts: the PACS and EHR hosts dynamic configs may use")
+			if len(h.Dynamic.AllowHosts)+len(h.Dynamic.AllowEHRHosts)+len(h.Dynamic.AllowPACSHosts) == 0 {
+				return d.Err("dynamic_config needs allow_hosts (or allow_ehr_hosts and allow_pacs_hosts): the EHR and PACS hosts dynamic configs may use")
 			}
 		default:
 			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, base_url, route_id, cors, max_render_size, dynamic_config)", d.Val())
 		}
 	}
 	return nil
+}
+
+// parseDynamicCredential reads the arguments of a dynamic_config
+// credentials line: <host> basic <user> <password> | bearer <token> |
+// client_secret <client id> <secret> | private_key <client id> <key>.
+func parseDynamicCredential(d *caddyfile.Dispenser) (dynconfig.Credential, error) {
+	args := d.RemainingArgs()
+	usage := "credentials <host[:port]> basic <user> <password> | bearer <token> | client_secret <client id> <secret> | private_key <client id> <file|JWK|PEM>"
+	if len(args) < 3 {
+		return dynconfig.Credential{}, d.Errf("dynamic_config: %s", usage)
+	}
+	c := dynconfig.Credential{Host: args[0], Kind: args[1]}
+	v := args[2:]
+	switch {
+	case c.Kind == dynconfig.CredBasic && len(v) == 2:
+		c.Username, c.Password = v[0], v[1]
+	case c.Kind == dynconfig.CredBearer && len(v) == 1:
+		c.Token = v[0]
+	case c.Kind == dynconfig.CredClientSecret && len(v) == 2:
+		c.ClientID, c.ClientSecret = v[0], v[1]
+	case c.Kind == dynconfig.CredPrivateKey && len(v) == 2:
+		c.ClientID, c.PrivateKey = v[0], v[1]
+	default:
+		return dynconfig.Credential{}, d.Errf("dynamic_config: %s", usage)
+	}
+	return c, nil
 }
 
 // Interface guard.

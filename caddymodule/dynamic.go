@@ -1,408 +1,392 @@
 package caddymodule
 
 import (
-	"bytes"
 	"container/list"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"net/url"
-	"slices"
+	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"go.uber.org/zap"
+
+	"github.com/smart-imaging/smart_imaging/authz/smart"
+	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/internal/dynconfig"
 )
 
 // DynamicConfig enables /dyn/{base64url(JSON)}/… on a route: the reference
-// server's inline tenants. The JSON is this module's own JSON config with
-// only "authz", "images" and "study_token_ttl"; it runs with the route's
-// study token key. Every URL in it must name a host on AllowHosts, and it
-// may not name local files or placeholders.
+// server's inline tenants. The JSON names only where to go: {"authz":
+// {"kind": "smart-on-fhir", "fhir_base_url": …, "client_id": …}, "images":
+// {"kind": "dicomweb", "base_url": …, "lookup": "studies-by-mrn"},
+// "study_token_ttl": …}. Everything that decides who may see what is set
+// here by the operator; credentials come from Credentials, per host. A
+// tenant runs with the route's study token key. See package dynconfig for
+// the rules.
 type DynamicConfig struct {
 	// AllowHosts are the hosts (host or host:port) a dynamic config may send
-	// requests to: its PACS and its EHR endpoints.
+	// requests to, as its PACS or as its EHR (the FHIR base and the
+	// endpoints its discovery names).
 	AllowHosts []string `json:"allow_hosts,omitempty"`
-	// AllowMock lets dynamic configs use "authz mock" (a fixed patient with
-	// no EHR): for demos only.
+	// AllowEHRHosts may serve only as a tenant's EHR, AllowPACSHosts only
+	// as its PACS.
+	AllowEHRHosts  []string `json:"allow_ehr_hosts,omitempty"`
+	AllowPACSHosts []string `json:"allow_pacs_hosts,omitempty"`
+	// AllowMock lets dynamic configs use "authz mock" (the URL names the
+	// patient, with no EHR): for demos only.
 	AllowMock bool `json:"allow_mock,omitempty"`
 	// MaxConfigs bounds how many dynamic configs stay provisioned at once
-	// (least recently used are cleaned up). Default 32.
+	// (the least recently used is released first). Default 32.
 	MaxConfigs int `json:"max_configs,omitempty"`
+	// Credentials are the gateway's credentials per allowed host: basic or
+	// bearer for a PACS, client_secret or private_key (with the client id)
+	// for an EHR. Placeholders such as {env.PACS_PASSWORD} are resolved at
+	// start; a private key file is read at start.
+	Credentials []dynconfig.Credential `json:"credentials,omitempty"`
+	// AllowURLCredentials accepts credentials inside the URL's JSON
+	// (client_secret, private_key, username, password, bearer). Off by
+	// default: URLs end up in access logs and browser histories.
+	AllowURLCredentials bool `json:"allow_url_credentials,omitempty"`
+	// SMART is the authorization policy of every smart-on-fhir tenant: any
+	// smart-on-fhir option (mrn_system, accept_scopes, audience, issuer,
+	// patient_claim, patient_lookup_token, validation, endpoints, caches,
+	// timeout) except fhir_base_url, client_id and the credentials. Unset:
+	// the smart-on-fhir defaults.
+	SMART *smart.Config `json:"smart_on_fhir,omitempty"`
 }
-
-// maxDynamicSegment bounds the encoded segment.
-const maxDynamicSegment = 8192
 
 // dynamicTenants provisions and caches the handlers of dynamic configs.
 type dynamicTenants struct {
-	cfg    DynamicConfig
-	parent *Handler
-	ctx    caddy.Context
+	policy     dynconfig.Policy
+	smart      smart.Config
+	maxConfigs int
+	parent     *Handler
+	// root is the parent of every tenant's context: a child of the route's
+	// context (so unloading the config cancels it) with no cleanup
+	// callbacks of its own. Caddy 2.11's cancel function of a context made
+	// by caddy.NewContext runs the cleanup callbacks of the context it was
+	// made from; made from root, a tenant's cancel cancels exactly the
+	// tenant's context and cleans up exactly the modules loaded into it.
+	root caddy.Context
 
-	mu    sync.Mutex
-	lru   *list.List // of *dynamicTenant, most recent first
-	byKey map[string]*list.Element
+	// provisionMu serializes provisioning.
+	provisionMu sync.Mutex
+
+	mu     sync.Mutex
+	lru    *list.List // of *dynamicTenant, most recent first
+	byKey  map[string]*list.Element
+	closed bool
 }
 
+// dynamicTenant is one provisioned dynamic config.
 type dynamicTenant struct {
 	key     string
 	handler *Handler
-	cancel  func()
+	// release cancels the tenant's context and cleans up its modules: the
+	// reverse proxy (its metrics updater, its upstreams' pool entries, its
+	// transport's idle connections) and the authorizer (the JWKS cache's
+	// workers). Called once, when the tenant is evicted and no request is
+	// using it any more.
+	release func()
+	// inUse counts the requests being served by the tenant; evicted is set
+	// when the tenant left the cache. Both are guarded by
+	// dynamicTenants.mu.
+	inUse   int
+	evicted bool
 }
 
 func newDynamicTenants(ctx caddy.Context, parent *Handler, cfg DynamicConfig) (*dynamicTenants, error) {
-	if len(cfg.AllowHosts) == 0 {
-		return nil, errors.New("dynamic_config: allow_hosts is required (the PACS and EHR hosts dynamic configs may use)")
+	d := &dynamicTenants{
+		policy: dynconfig.Policy{
+			AllowHosts:          cfg.AllowHosts,
+			AllowEHRHosts:       cfg.AllowEHRHosts,
+			AllowPACSHosts:      cfg.AllowPACSHosts,
+			AllowMock:           cfg.AllowMock,
+			AllowURLCredentials: cfg.AllowURLCredentials,
+			MaxStudyTokenTTL:    parent.ttl,
+		},
+		maxConfigs: cfg.MaxConfigs,
+		parent:     parent,
+		lru:        list.New(),
+		byKey:      map[string]*list.Element{},
 	}
-	for _, h := range cfg.AllowHosts {
-		if h == "" || strings.ContainsAny(h, "/*?#@ ") {
-			return nil, fmt.Errorf("dynamic_config: allow_hosts entry %q must be a host or host:port", h)
+	if d.maxConfigs <= 0 {
+		d.maxConfigs = 32
+	}
+	creds, err := resolveCredentials(cfg.Credentials)
+	if err != nil {
+		return nil, fmt.Errorf("dynamic_config: %w", err)
+	}
+	d.policy.Credentials = creds
+	if err := d.policy.Check(); err != nil {
+		return nil, fmt.Errorf("dynamic_config: %w", err)
+	}
+	if cfg.SMART != nil {
+		if err := checkSMARTPolicy(*cfg.SMART); err != nil {
+			return nil, fmt.Errorf("dynamic_config: authz smart-on-fhir: %w", err)
 		}
+		d.smart = *cfg.SMART
 	}
-	if cfg.MaxConfigs <= 0 {
-		cfg.MaxConfigs = 32
-	}
-	return &dynamicTenants{cfg: cfg, parent: parent, ctx: ctx, lru: list.New(), byKey: map[string]*list.Element{}}, nil
+	d.root, _ = caddy.NewContext(ctx)
+	return d, nil
 }
 
-// cleanup releases every provisioned dynamic config.
+// checkSMARTPolicy refuses the options that a dynamic tenant supplies
+// (from its URL or from the route's credentials), and a policy that could
+// never work.
+func checkSMARTPolicy(c smart.Config) error {
+	for _, f := range []struct{ name, value string }{
+		{"fhir_base_url", c.FHIRBaseURL}, {"client_id", c.ClientID}, {"client_secret", c.ClientSecret},
+		{"private_key", c.PrivateKey}, {"private_key_alg", c.PrivateKeyAlg}, {"private_key_id", c.PrivateKeyID},
+	} {
+		if f.value != "" {
+			return fmt.Errorf("%s is not part of the policy: the EHR comes from the /dyn URL, its client id and keys from credentials", f.name)
+		}
+	}
+	if (c.Validation == smart.ValidationJWT || c.JWKSURL != "") && len(c.Audience) == 0 {
+		return errors.New("jwt validation needs audience: the token audiences dynamic tenants accept")
+	}
+	return nil
+}
+
+// resolveCredentials resolves placeholders in the operator's credentials
+// (an unset variable is an error) and reads private key files, so that a
+// tenant's modules get the values themselves.
+func resolveCredentials(in []dynconfig.Credential) ([]dynconfig.Credential, error) {
+	repl := caddy.NewReplacer()
+	out := make([]dynconfig.Credential, 0, len(in))
+	for _, c := range in {
+		for _, v := range []*string{&c.Host, &c.Username, &c.Password, &c.Token, &c.ClientID, &c.ClientSecret, &c.PrivateKey} {
+			s, err := repl.ReplaceOrErr(*v, true, true)
+			if err != nil {
+				return nil, fmt.Errorf("credentials for %s: %w", c.Host, err)
+			}
+			*v = s
+		}
+		if k := strings.TrimSpace(c.PrivateKey); k != "" && !strings.HasPrefix(k, "{") && !strings.HasPrefix(k, "-----BEGIN") {
+			b, err := os.ReadFile(k)
+			if err != nil {
+				return nil, fmt.Errorf("credentials for %s: reading the private key: %w", c.Host, err)
+			}
+			c.PrivateKey = strings.TrimSpace(string(b))
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// cleanup releases every provisioned dynamic config (now, or when the
+// last request it serves ends).
 func (d *dynamicTenants) cleanup() {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.closed = true
+	var now []*dynamicTenant
 	for e := d.lru.Front(); e != nil; e = e.Next() {
-		e.Value.(*dynamicTenant).cancel()
+		if t := d.evictLocked(e); t != nil {
+			now = append(now, t)
+		}
 	}
-	d.lru.Init()
-	clear(d.byKey)
+	d.mu.Unlock()
+	for _, t := range now {
+		t.release()
+	}
 }
 
 // serveDynamic answers /dyn/{segment}/… with the handler of that config.
 func (h *Handler) serveDynamic(w http.ResponseWriter, r *http.Request, rest string) error {
 	seg, tail, _ := strings.Cut(rest, "/")
-	child, err := h.dynamic.get(h.route(r), seg)
+	t, err := h.dynamic.acquire(h.route(r), seg)
 	if err != nil {
 		return h.fail(w, r, err)
 	}
+	defer h.dynamic.done(t)
 	// The child sees the path under the segment; its public base (from the
 	// original request) keeps the /dyn/{segment} prefix.
 	r2 := r.Clone(r.Context())
 	r2.URL.Path = "/" + tail
 	r2.URL.RawPath = ""
-	return child.ServeHTTP(w, r2, nil)
+	return t.handler.ServeHTTP(w, r2, nil)
 }
 
-func (d *dynamicTenants) get(route, seg string) (*Handler, error) {
-	if seg == "" || len(seg) > maxDynamicSegment {
-		return nil, &problem{Status: http.StatusBadRequest, Code: "invalid",
-			Message: fmt.Sprintf("the /dyn segment must be 1 to %d characters of base64url JSON", maxDynamicSegment)}
-	}
-	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(seg, "="))
+// acquire returns the tenant of a segment, provisioning it if needed, and
+// counts the caller among its users until done.
+func (d *dynamicTenants) acquire(route, seg string) (*dynamicTenant, error) {
+	raw, err := dynconfig.DecodeSegment(seg)
 	if err != nil {
-		return nil, &problem{Status: http.StatusBadRequest, Code: "invalid", Message: "the /dyn segment is not base64url (RFC 4648 §5)"}
+		return nil, badDynamic(err)
 	}
 	sum := sha256.Sum256(append([]byte(route+"\x00"), raw...))
 	key := hex.EncodeToString(sum[:])
 
+	t, evicted, err := d.lookupOrProvision(raw, key, route)
+	// Evicted (or superfluous) tenants are released outside the lock:
+	// cleaning up closes idle connections.
+	for _, old := range evicted {
+		old.release()
+	}
+	return t, err
+}
+
+// lookupOrProvision finds or makes the tenant of key and counts the caller
+// among its users; it returns the tenants evicted to make room, for the
+// caller to release. Provisioning holds provisionMu, not mu: a stream of
+// new configs waits on itself (Caddy's provisioning is not meant to run
+// concurrently) but does not hold up requests to tenants already
+// provisioned.
+func (d *dynamicTenants) lookupOrProvision(raw []byte, key, route string) (*dynamicTenant, []*dynamicTenant, error) {
+	if t, err := d.use(key); t != nil || err != nil {
+		return t, nil, err
+	}
+	d.provisionMu.Lock()
+	defer d.provisionMu.Unlock()
+	// Another request may have provisioned it while this one waited.
+	if t, err := d.use(key); t != nil || err != nil {
+		return t, nil, err
+	}
+	tenant, err := d.policy.Parse(raw)
+	if err != nil {
+		return nil, nil, badDynamic(err)
+	}
+	fresh, err := d.provision(tenant, key, route)
+	if err != nil {
+		return nil, nil, err
+	}
+
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if e, ok := d.byKey[key]; ok {
-		d.lru.MoveToFront(e)
-		return e.Value.(*dynamicTenant).handler, nil
+	if d.closed {
+		return nil, []*dynamicTenant{fresh}, errReloading
 	}
-	child, cancel, err := d.provision(raw, key, route)
-	if err != nil {
-		return nil, err
-	}
-	d.byKey[key] = d.lru.PushFront(&dynamicTenant{key: key, handler: child, cancel: cancel})
-	for d.lru.Len() > d.cfg.MaxConfigs {
-		old := d.lru.Back()
-		t := old.Value.(*dynamicTenant)
-		t.cancel()
-		delete(d.byKey, t.key)
-		d.lru.Remove(old)
-	}
-	return child, nil
-}
-
-// dynamicDoc is what a dynamic config may contain.
-type dynamicDoc struct {
-	Authz         json.RawMessage `json:"authz"`
-	Images        json.RawMessage `json:"images"`
-	StudyTokenTTL caddy.Duration  `json:"study_token_ttl,omitempty"`
-}
-
-func (d *dynamicTenants) provision(raw []byte, key, parentRoute string) (*Handler, func(), error) {
-	bad := func(format string, args ...any) error {
-		return &problem{Status: http.StatusBadRequest, Code: "invalid", Message: "dynamic config: " + fmt.Sprintf(format, args...)}
-	}
-	var doc dynamicDoc
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&doc); err != nil {
-		return nil, nil, bad("not a JSON object with authz, images and study_token_ttl only: %v", err)
-	}
-	if dec.More() {
-		return nil, nil, bad("trailing data after the JSON object")
-	}
-	if doc.Authz == nil || doc.Images == nil {
-		return nil, nil, bad("authz and images are required")
-	}
-	authzKind, err := kindOf(doc.Authz)
-	if err != nil {
-		return nil, nil, bad("authz: %v", err)
-	}
-	switch authzKind {
-	case "smart-on-fhir":
-	case "mock":
-		if !d.cfg.AllowMock {
-			return nil, nil, bad("authz mock is not allowed on this route (dynamic_config allow_mock)")
-		}
-	default:
-		return nil, nil, bad("authz kind %q is not allowed (smart-on-fhir%s)", authzKind, map[bool]string{true: " or mock", false: ""}[d.cfg.AllowMock])
-	}
-	imagesKind, err := kindOf(doc.Images)
-	if err != nil {
-		return nil, nil, bad("images: %v", err)
-	}
-	if imagesKind != "dicomweb" {
-		return nil, nil, bad("images kind %q is not allowed: only dicomweb (a folder would expose this server's files)", imagesKind)
-	}
-	if err := onlyFields(doc.Images, dynamicImagesFields); err != nil {
-		return nil, nil, bad("images: %v", err)
-	}
-	if err := inlineKeyOnly(doc.Authz); err != nil {
-		return nil, nil, bad("authz: %v", err)
-	}
-	for _, part := range []struct {
-		name string
-		raw  json.RawMessage
-	}{{"authz", doc.Authz}, {"images", doc.Images}} {
-		if err := d.checkValues(part.raw); err != nil {
-			return nil, nil, bad("%s: %v", part.name, err)
+	fresh.inUse++
+	d.byKey[key] = d.lru.PushFront(fresh)
+	var evicted []*dynamicTenant
+	for d.lru.Len() > d.maxConfigs {
+		if old := d.evictLocked(d.lru.Back()); old != nil {
+			evicted = append(evicted, old)
 		}
 	}
+	return fresh, evicted, nil
+}
 
+// errReloading refuses /dyn requests that arrive while the route's
+// configuration is being unloaded.
+var errReloading = &problem{Status: http.StatusServiceUnavailable, Code: "transient", RetryAfter: time.Second,
+	Message: "the configuration is being reloaded"}
+
+// use returns the provisioned tenant of key, if any, counting the caller
+// among its users.
+func (d *dynamicTenants) use(key string) (*dynamicTenant, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errReloading
+	}
+	e, ok := d.byKey[key]
+	if !ok {
+		return nil, nil
+	}
+	d.lru.MoveToFront(e)
+	t := e.Value.(*dynamicTenant)
+	t.inUse++
+	return t, nil
+}
+
+// evictLocked takes a tenant out of the cache and returns it when it can
+// be released now (no request is using it); otherwise the last request
+// releases it. d.mu must be held.
+func (d *dynamicTenants) evictLocked(e *list.Element) *dynamicTenant {
+	t := e.Value.(*dynamicTenant)
+	d.lru.Remove(e)
+	delete(d.byKey, t.key)
+	t.evicted = true
+	if t.inUse == 0 {
+		return t
+	}
+	return nil
+}
+
+// done ends a request's use of a tenant, releasing it if it was evicted
+// meanwhile and this was its last request.
+func (d *dynamicTenants) done(t *dynamicTenant) {
+	d.mu.Lock()
+	t.inUse--
+	last := t.evicted && t.inUse == 0
+	d.mu.Unlock()
+	if last {
+		t.release()
+	}
+}
+
+func badDynamic(err error) error {
+	return &problem{Status: http.StatusBadRequest, Code: "invalid", Message: err.Error()}
+}
+
+// provision builds a tenant's handler in a context of its own.
+func (d *dynamicTenants) provision(ten *dynconfig.Tenant, key, parentRoute string) (*dynamicTenant, error) {
+	ttl := ten.StudyTokenTTL
+	if ttl == 0 {
+		ttl = d.parent.ttl
+	}
 	child := &Handler{
-		AuthzRaw:      doc.Authz,
-		ImagesRaw:     doc.Images,
-		StudyTokenTTL: doc.StudyTokenTTL,
+		AuthzRaw:      d.authzJSON(ten.Authz),
+		ImagesRaw:     imagesJSON(ten.Images),
+		StudyTokenTTL: caddy.Duration(ttl),
 		RouteID:       parentRoute + "/dyn/" + key[:16],
 		CORS:          d.parent.CORS,
 		MaxRenderSize: d.parent.MaxRenderSize,
 		inheritKeys:   d.parent.keys,
 		metricsRoute:  parentRoute + "/dyn",
 	}
-	// A child context keeps the dynamic config's modules apart. Its cancel
-	// function must not be called: in Caddy 2.11 it also runs the parent
-	// context's cleanup callbacks (closing the running config's log
-	// writers). The modules are cleaned up here instead.
-	cctx, _ := caddy.NewContext(d.ctx)
-	cancel := func() { child.cleanupModules() }
-	if err := child.Provision(cctx); err != nil {
-		cancel()
-		return nil, nil, bad("%v", err)
+	tctx, cancel := caddy.NewContext(d.root)
+	var once sync.Once
+	release := func() { once.Do(cancel) }
+	if err := child.Provision(tctx); err != nil {
+		release()
+		return nil, badDynamic(fmt.Errorf("dynamic config: %w", err))
 	}
 	if err := child.Validate(); err != nil {
-		cancel()
-		return nil, nil, bad("%v", err)
+		release()
+		return nil, badDynamic(fmt.Errorf("dynamic config: %w", err))
 	}
+	// The tenant logs as its route does.
+	child.logger, child.audit = d.parent.logger, d.parent.audit
 	if sa, ok := child.authorizer.(*SmartAuthz); ok {
 		// Endpoints the EHR's discovery names must be on the list too.
-		sa.restrictURLs(func(raw string) error {
-			u, err := url.Parse(raw)
-			if err != nil || (u.Scheme != "https" && u.Scheme != "http") || !d.allowed(u.Host) {
-				return fmt.Errorf("%q is not on this route's allow list", raw)
-			}
-			return nil
-		})
+		sa.restrictURLs(func(u string) error { return d.policy.CheckEndpoint(u, dynconfig.RoleEHR) })
 	}
 	d.parent.logger.Info("dynamic config provisioned", zap.String("config_hash", key[:16]),
-		zap.String("authz", authzKind), zap.String("images", imagesKind))
-	return child, cancel, nil
+		zap.String("authz", ten.Authz.Kind), zap.String("images", dynconfig.ImagesDICOMweb))
+	return &dynamicTenant{key: key, handler: child, release: release}, nil
 }
 
-// dynamicImagesFields are the dicomweb options a dynamic config may set.
-// The reverse proxy block ("proxy": upstream dial addresses, transports) is
-// not among them: it would name hosts outside the allow list's reach.
-var dynamicImagesFields = []string{"kind", "base_url", "lookup", "username", "password", "bearer", "qido_timeout", "max_concurrent_qido"}
-
-func onlyFields(raw json.RawMessage, allowed []string) error {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return err
+// authzJSON is the tenant's authorizer: the operator's policy with the
+// tenant's EHR, client id and credentials.
+func (d *dynamicTenants) authzJSON(a dynconfig.Authz) []byte {
+	if a.Kind == dynconfig.AuthzMock {
+		m := MockAuthz{}
+		m.Patient, m.MRN, m.FHIRBaseURL = a.Patient, a.MRN, a.FHIRBaseURL
+		return caddyconfig.JSONModuleObject(m, "kind", dynconfig.AuthzMock, nil)
 	}
-	for k := range m {
-		if !slices.Contains(allowed, k) {
-			return fmt.Errorf("field %q is not allowed in a dynamic config (allowed: %s)", k, strings.Join(allowed, ", "))
-		}
-	}
-	return nil
+	cfg := d.smart
+	cfg.FHIRBaseURL, cfg.ClientID = a.FHIRBaseURL, a.ClientID
+	cfg.ClientSecret, cfg.PrivateKey, cfg.PrivateKeyAlg, cfg.PrivateKeyID = a.ClientSecret, a.PrivateKey, a.PrivateKeyAlg, a.PrivateKeyID
+	return caddyconfig.JSONModuleObject(SmartAuthz{Config: cfg}, "kind", dynconfig.AuthzSMART, nil)
 }
 
-// inlineKeyOnly refuses a private_key that is not the key itself: any
-// other value is a file name, and a dynamic config must not make the
-// server open (or probe for) its files.
-func inlineKeyOnly(raw json.RawMessage) error {
-	var m map[string]any
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return err
-	}
-	k, ok := m["private_key"].(string)
-	if !ok {
-		return nil
-	}
-	t := strings.TrimSpace(k)
-	if strings.HasPrefix(t, "{") || strings.HasPrefix(t, "-----BEGIN ") {
-		return nil
-	}
-	return errors.New("private_key must be the key itself (a JWK or PEM): file paths are not allowed in dynamic configs")
-}
-
-// notContacted are option names whose URLs name things, not servers the
-// gateway calls; they are checked for placeholders only.
-var notContacted = []string{"mrn_system", "audience", "issuer", "scope", "accept_scopes"}
-
-func kindOf(raw json.RawMessage) (string, error) {
-	var k struct {
-		Kind string `json:"kind"`
-	}
-	if err := json.Unmarshal(raw, &k); err != nil || k.Kind == "" {
-		return "", errors.New(`needs an object with "kind"`)
-	}
-	return k.Kind, nil
-}
-
-// checkValues walks every string in a module's JSON: no placeholders, no
-// file paths, and every URL http(s) with a host on the allow list.
-func (d *dynamicTenants) checkValues(raw json.RawMessage) error {
-	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return err
-	}
-	var walk func(path string, v any) error
-	walk = func(path string, v any) error {
-		switch x := v.(type) {
-		case map[string]any:
-			for k, sub := range x {
-				if path == "" && slices.Contains(notContacted, k) {
-					if err := noPlaceholders(k, sub); err != nil {
-						return err
-					}
-					continue
-				}
-				if err := walk(path+"."+k, sub); err != nil {
-					return err
-				}
-			}
-		case []any:
-			for i, sub := range x {
-				if err := walk(fmt.Sprintf("%s[%d]", path, i), sub); err != nil {
-					return err
-				}
-			}
-		case string:
-			return d.checkString(path, x)
-		}
-		return nil
-	}
-	return walk("", v)
-}
-
-func (d *dynamicTenants) checkString(path, s string) error {
-	if t := strings.TrimSpace(s); strings.HasPrefix(t, "{") && json.Valid([]byte(t)) {
-		// An inline JSON document (a JWK): check its strings too.
-		return d.checkValues(json.RawMessage(t))
-	}
-	if strings.ContainsAny(s, "{}") {
-		return fmt.Errorf("%s: placeholders are not allowed in dynamic configs", path)
-	}
-	if strings.HasPrefix(s, "/") || strings.HasPrefix(s, "./") || strings.HasPrefix(s, "../") || strings.HasPrefix(s, "~") {
-		return fmt.Errorf("%s: file paths are not allowed in dynamic configs", path)
-	}
-	if !strings.Contains(s, ":") {
-		return nil
-	}
-	if !strings.Contains(s, "://") {
-		// "host:port", including forms url.Parse refuses ("10.0.0.1:80").
-		if host, _, err := net.SplitHostPort(s); err == nil && host != "" && !strings.ContainsAny(s, "/ ") {
-			if !d.allowed(s) {
-				return fmt.Errorf("%s: host %q is not on this route's allow list", path, s)
-			}
-			return nil
-		}
-	}
-	u, err := url.Parse(s)
-	if err != nil || u.Scheme == "" {
-		return nil // not a URL ("patient/*.rs", a host:port is checked below)
-	}
-	switch u.Scheme {
-	case "http", "https":
-	default:
-		if u.Opaque != "" && u.Host == "" && !strings.Contains(s, "//") {
-			// "host:port" or a scope such as "patient/ImagingStudy.rs".
-			if host, _, err := net.SplitHostPort(s); err == nil && host != "" {
-				if !d.allowed(s) {
-					return fmt.Errorf("%s: host %q is not on this route's allow list", path, s)
-				}
-			}
-			return nil
-		}
-		return fmt.Errorf("%s: URL scheme %q is not allowed (http or https only)", path, u.Scheme)
-	}
-	if u.User != nil {
-		return fmt.Errorf("%s: credentials in URLs are not allowed", path)
-	}
-	if !d.allowed(u.Host) {
-		return fmt.Errorf("%s: host %q is not on this route's allow list", path, u.Host)
-	}
-	return nil
-}
-
-// allowed reports whether host (host or host:port, as in a URL) is on the
-// allow list: an entry without a port allows any port of that host.
-func (d *dynamicTenants) allowed(host string) bool {
-	h := strings.ToLower(host)
-	name := h
-	if hn, _, err := net.SplitHostPort(h); err == nil {
-		name = hn
-	}
-	return slices.ContainsFunc(d.cfg.AllowHosts, func(a string) bool {
-		a = strings.ToLower(a)
-		return a == h || a == name || "["+a+"]" == name
-	})
-}
-
-// cleanupModules cleans up the guest modules of a dynamic config's handler.
-func (h *Handler) cleanupModules() {
-	for _, m := range []any{h.authorizer, h.source} {
-		if c, ok := m.(caddy.CleanerUpper); ok {
-			if err := c.Cleanup(); err != nil {
-				h.logger.Warn("cleaning up a dynamic config", zap.Error(err))
-			}
-		}
-	}
-}
-
-// noPlaceholders refuses placeholders anywhere in v.
-func noPlaceholders(name string, v any) error {
-	b, _ := json.Marshal(v)
-	var strs []string
-	_ = json.Unmarshal(b, &strs)
-	var one string
-	if json.Unmarshal(b, &one) == nil {
-		strs = append(strs, one)
-	}
-	for _, s := range strs {
-		if strings.ContainsAny(s, "{}") {
-			return fmt.Errorf(".%s: placeholders are not allowed in dynamic configs", name)
-		}
-	}
-	return nil
+// imagesJSON is the tenant's PACS, with the gateway's defaults for
+// everything the URL may not set.
+func imagesJSON(im dynconfig.Images) []byte {
+	return caddyconfig.JSONModuleObject(DICOMwebImages{
+		BaseURL:  im.BaseURL,
+		Lookup:   imagesource.Lookup(im.Lookup),
+		Username: im.Username,
+		Password: im.Password,
+		Bearer:   im.Bearer,
+	}, "kind", dynconfig.ImagesDICOMweb, nil)
 }

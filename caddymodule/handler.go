@@ -186,15 +186,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	} else if err := h.provisionKeys(); err != nil {
 		return err
 	}
+	h.ttl = time.Duration(h.StudyTokenTTL)
+	if h.ttl == 0 {
+		h.ttl = time.Hour
+	}
 	if h.Dynamic != nil {
 		h.dynamic, err = newDynamicTenants(ctx, h, *h.Dynamic)
 		if err != nil {
 			return err
 		}
-	}
-	h.ttl = time.Duration(h.StudyTokenTTL)
-	if h.ttl == 0 {
-		h.ttl = time.Hour
 	}
 	if h.BaseURL != "" {
 		repl := caddy.NewReplacer()

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,6 +43,10 @@ const (
 	atkClientID    = "imaging-gateway-attack"
 	atkSecretEnv   = "SIA_ATTACK_CLIENT_SECRET"
 	atkWrongSecret = "not-the-secret"
+	// atkOtherSystem is an identifier system under which A's EHR record
+	// holds a value that happens to be B's PACS PatientID (another
+	// registry's number): never a PACS key unless the operator says so.
+	atkOtherSystem = "urn:oid:2.16.840.1.113883.19.5.99"
 )
 
 // attackConfig is the gateway under attack. Every route fronts the same
@@ -49,8 +54,15 @@ const (
 // genuine study tokens), /open has no binding (its tokens name no
 // patient), /smart and /jwt take SMART tokens from the test EHR (checked
 // by introspection and locally as JWTs), /smartnb as /smart but without
-// base_url, /dynr allows dynamic configs for the hosts in allow.
-func attackConfig(pacs *orthanc.Server, ehr *testehr.EHR, logFile, accessLog string, allow []string) string {
+// base_url, /dynr allows dynamic configs for the PACS, the EHR and the
+// redirector.
+//
+// The /dyn route's operator policy: the PACS allowed as a PACS only, the
+// EHR as an EHR only, the redirector as either; the PACS's and the EHR's credentials
+// per host (a dummy secret for the redirector, so that no real secret is
+// ever offered to a host that redirects), the static routes' identifier
+// system, and the EHR's FHIR base as the accepted token audience.
+func attackConfig(pacs *orthanc.Server, ehr *testehr.EHR, logFile, accessLog, redirectorHost string) string {
 	key := base64.StdEncoding.EncodeToString(testKey)
 	images := func(lookup string) string {
 		return fmt.Sprintf(`images dicomweb %s {
@@ -71,14 +83,14 @@ func attackConfig(pacs *orthanc.Server, ehr *testehr.EHR, logFile, accessLog str
 	return fmt.Sprintf(testGlobals+`	grace_period 1ns
 %[1]s}
 http://localhost:9080 {
-	# The access log as the README recommends: study tokens and query
-	# access tokens filtered out of the request URI (Caddy already redacts
+	# The access log as the README recommends: study tokens, /dyn
+	# segments and query access tokens filtered out of the request URI (Caddy already redacts
 	# the Authorization and Cookie headers).
 	log {
 		output file %[11]s
 		format filter {
 			wrap json
-			request>uri regexp "(/wado/|access_token=)[^/?&]+|eyJ[A-Za-z0-9_.-]+" "${1}REDACTED"
+			request>uri regexp "(/wado/|/dyn/|access_token=)[^/?&]+|eyJ[A-Za-z0-9_.-]+" "${1}REDACTED"
 		}
 	}
 	handle_path /a/* {
@@ -135,13 +147,24 @@ http://localhost:9080 {
 			%[4]s
 			dynamic_config {
 				allow_hosts %[10]s
+				allow_ehr_hosts %[13]s
+				allow_pacs_hosts %[12]s
 				allow_mock
+				credentials %[12]s basic %[14]s %[15]s
+				credentials %[13]s client_secret %[16]s {env.%[17]s}
+				credentials %[10]s client_secret %[16]s not-the-ehr-secret
+				authz smart-on-fhir {
+					mrn_system %[18]s
+					audience %[19]s
+				}
 			}
 		}
 	}
 }
 `, globalLogOption(logFile), demoPatient, demoMRN, images("studies-by-mrn"), atkPatientB, atkMRNB,
-		images("all-studies"), smartAuthz(""), smartAuthz("jwks_url "+ehr.JWKSURL()), strings.Join(allow, " "), accessLog)
+		images("all-studies"), smartAuthz(""), smartAuthz("jwks_url "+ehr.JWKSURL()), redirectorHost, accessLog,
+		"127.0.0.1:"+strconv.Itoa(pacs.Port()), hostOf(ehr.URL()), pacs.Username(), pacs.Password(), atkClientID, atkSecretEnv,
+		atkMRNSystem, ehr.FHIRBase())
 }
 
 // attacker sends attempts and judges the answers.
@@ -401,7 +424,7 @@ func TestAttack(t *testing.T) {
 	mr := func(v string) testehr.Identifier {
 		return testehr.Identifier{System: atkMRNSystem, Value: v, TypeCode: "MR", Use: "usual"}
 	}
-	ehr.AddPatient(demoPatient, mr(demoMRN))
+	ehr.AddPatient(demoPatient, mr(demoMRN), testehr.Identifier{System: atkOtherSystem, Value: atkMRNB})
 	ehr.AddPatient(atkPatientB, mr(atkMRNB))
 
 	// SSRF bait: a server off every allow list that counts what reaches
@@ -428,14 +451,11 @@ func TestAttack(t *testing.T) {
 		http.Redirect(w, r, bait.URL+r.URL.RequestURI(), http.StatusFound)
 	}))
 	t.Cleanup(redirector.Close)
-	hostOf := func(u string) string { pu, _ := url.Parse(u); return pu.Host }
-	pacsHost := "127.0.0.1:" + strconv.Itoa(pacs.Port())
-	allow := []string{pacsHost, hostOf(redirector.URL), hostOf(ehr.URL())}
 
 	logDir := t.TempDir()
 	logFile, accessLog := filepath.Join(logDir, "caddy.log"), filepath.Join(logDir, "access.log")
 	tc := caddytest.NewTester(t)
-	tc.InitServer(attackConfig(pacs, ehr, logFile, accessLog, allow), "caddyfile")
+	tc.InitServer(attackConfig(pacs, ehr, logFile, accessLog, hostOf(redirector.URL)), "caddyfile")
 
 	ledger := &attackLedger{}
 	a := &attacker{t: t, client: newRawClient(4), needles: foreignNeedles(rows, demoMRN), aStudies: pa.studySet(), ledger: ledger,
@@ -592,6 +612,12 @@ func TestAttack(t *testing.T) {
 	}
 }
 
+// hostOf is the host[:port] of a URL.
+func hostOf(u string) string {
+	pu, _ := url.Parse(u)
+	return pu.Host
+}
+
 func keysOf(m map[string]bool) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
@@ -599,6 +625,12 @@ func keysOf(m map[string]bool) []string {
 	}
 	return out
 }
+
+// dynSegmentInLog finds /dyn/{segment} in a log line.
+var (
+	dynSegmentInLog = regexp.MustCompile(`/dyn/([A-Za-z0-9_=-]+)`)
+	dynRouteHash    = regexp.MustCompile(`^[0-9a-f]{16}$`)
+)
 
 // checkAttackLog scans every line Caddy logged: none may hold a secret,
 // and none from line from on may hold an identifier in foreign (those of
@@ -632,8 +664,22 @@ func checkAttackLog(t *testing.T, logFile string, from int, foreign, secrets []n
 		if lvl, _ := m["level"].(string); strings.Contains(l, "panic") || lvl == "panic" || lvl == "fatal" {
 			t.Errorf("log line %d reports a panic: %.300s", i, l)
 		}
+		// A /dyn segment is a whole tenant config (credentials included,
+		// when a route accepts them): it must not reach the log, and what
+		// it decodes to is scanned as well.
+		decoded := l
+		for _, m := range dynSegmentInLog.FindAllStringSubmatch(l, -1) {
+			if m[1] == "REDACTED" || dynRouteHash.MatchString(m[1]) {
+				continue // (a tenant's route id names a hash of its config)
+			}
+			ledger.leak("log line %d holds a /dyn segment", i)
+			t.Errorf("log line %d holds a /dyn segment: %.300s", i, l)
+			if raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(m[1], "=")); err == nil {
+				decoded += "\n" + string(raw)
+			}
+		}
 		for _, s := range secrets {
-			if s.value != "" && strings.Contains(l, s.value) {
+			if s.value != "" && strings.Contains(decoded, s.value) {
 				ledger.leak("log line %d holds the %s", i, s.label)
 				t.Errorf("log line %d holds the %s: %.300s", i, s.label, l)
 			}

@@ -15,9 +15,9 @@ import (
 	"github.com/smart-imaging/smart_imaging/internal/orthanc"
 )
 
-// TestDynamicConfig serves a tenant described entirely by the /dyn
-// segment: a dicomweb PACS on the route's allow list, searched and
-// retrieved like a configured route.
+// TestDynamicConfig serves a tenant described by the /dyn segment: a
+// dicomweb PACS on the route's allow list (with the route's credentials
+// for it), searched and retrieved like a configured route.
 func TestDynamicConfig(t *testing.T) {
 	pacs := orthanc.Require(t)
 	dir := t.TempDir()
@@ -45,6 +45,7 @@ http://localhost:9080 {
 			dynamic_config {
 				allow_hosts %[1]s
 				allow_mock
+				credentials %[1]s basic %[6]s %[7]s
 			}
 		}
 	}
@@ -58,16 +59,15 @@ http://localhost:9080 {
 		}
 	}
 }
-`, pacsHost, key, studies, demoPatient, demoMRN), "caddyfile")
+`, pacsHost, key, studies, demoPatient, demoMRN, pacs.Username(), pacs.Password()), "caddyfile")
 
 	encode := func(v any) string {
 		b, _ := json.Marshal(v)
 		return base64.RawURLEncoding.EncodeToString(b)
 	}
 	cfg := map[string]any{
-		"authz": map[string]any{"kind": "mock", "patient": "dyn-patient", "mrn": []string{dicomgen.DemoPatientMRN}},
-		"images": map[string]any{"kind": "dicomweb", "base_url": "http://" + pacsHost + "/dicom-web",
-			"lookup": "studies-by-mrn", "username": pacs.Username(), "password": pacs.Password()},
+		"authz":  map[string]any{"kind": "mock", "patient": "dyn-patient", "mrn": []string{dicomgen.DemoPatientMRN}},
+		"images": map[string]any{"kind": "dicomweb", "base_url": "http://" + pacsHost + "/dicom-web", "lookup": "studies-by-mrn"},
 	}
 	seg := encode(cfg)
 
@@ -91,7 +91,7 @@ http://localhost:9080 {
 	token := addr[strings.LastIndex(addr, "/")+1:]
 	get(t, tc, base+"/tenants/wado/"+token+"/studies/"+uid, "*/*", http.StatusForbidden, "application/fhir+json")
 	get(t, tc, base+"/static/wado/"+token+"/studies/"+uid, "*/*", http.StatusForbidden, "application/fhir+json")
-	cfg["images"].(map[string]any)["max_concurrent_qido"] = 2
+	cfg["study_token_ttl"] = "30m"
 	other := encode(cfg)
 	get(t, tc, base+"/tenants/dyn/"+other+"/wado/"+token+"/studies/"+uid, "*/*", http.StatusForbidden, "application/fhir+json")
 

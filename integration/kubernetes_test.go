@@ -408,7 +408,7 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	})
 
-	t.Run("the access log hides study tokens", func(t *testing.T) {
+	t.Run("the access log hides study tokens and /dyn segments", func(t *testing.T) {
 		if !regexp.MustCompile(`(?m)^\s*log\b`).MatchString(caddyfile) {
 			return // no access log
 		}
@@ -421,8 +421,16 @@ func TestKubernetesManifests(t *testing.T) {
 			t.Fatalf("the request>uri filter %q: %v", m[1], err)
 		}
 		const token = "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0..aXY.Y3Q.dGFn"
-		if got := re.ReplaceAllString(route+"/wado/"+token+"/studies/1.2.3", m[2]); strings.Contains(got, token) {
-			t.Errorf("the access log filter leaves the study token in %s", got)
+		if got := re.ReplaceAllString(route+"/wado/"+token+"/studies/1.2.3", m[2]); strings.Contains(got, token) || !strings.Contains(got, "/wado/") {
+			t.Errorf("the access log filter leaves the study token in %s (or loses the path)", got)
+		}
+		// A /dyn segment is a whole tenant config (credentials, where a
+		// route accepts them in URLs).
+		const seg = "eyJhdXRoeiI6eyJraW5kIjoic21hcnQtb24tZmhpciJ9fQ"
+		for _, u := range []string{route + "/dyn/" + seg + "/fhir/ImagingStudy?patient=1", route + "/dyn/" + seg + "/wado/" + token + "/studies/1.2.3"} {
+			if got := re.ReplaceAllString(u, m[2]); strings.Contains(got, seg) || strings.Contains(got, token) {
+				t.Errorf("the access log filter leaves a /dyn segment or a study token in %s", got)
+			}
 		}
 	})
 
