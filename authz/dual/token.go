@@ -101,6 +101,9 @@ func (srv *Server) redeem(r *http.Request, base string) (map[string]any, *tokenE
 		}
 		return nil, invalidGrant("the authorization code is not valid")
 	}
+	if g.Audience != base+"/fhir" {
+		return nil, invalidGrant("the authorization code was issued by another imaging route")
+	}
 	if g.ClientID != clientID {
 		return nil, invalidGrant("the authorization code was issued to another client")
 	}
