@@ -305,6 +305,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			Message: "the request path is not canonical (dot segments or repeated slashes)"})
 	}
 	path := r.URL.EscapedPath()
+	if h.serveDual(w, r, path) {
+		return nil
+	}
 	switch {
 	case path == "/fhir/metadata":
 		return h.serveMetadata(w, r)

@@ -47,6 +47,7 @@ const (
 	Introspect
 	JWKS
 	Patient
+	Authorize
 	numEndpoints
 )
 
@@ -62,6 +63,8 @@ func (e Endpoint) String() string {
 		return "jwks"
 	case Patient:
 		return "patient"
+	case Authorize:
+		return "authorize"
 	}
 	return fmt.Sprintf("endpoint(%d)", int(e))
 }
@@ -120,6 +123,9 @@ type Client struct {
 	Secret string
 	// Keys are the client's public keys for private_key_jwt.
 	Keys jwk.Set
+	// RedirectURIs are the exact redirect URIs the client may use at the
+	// authorization endpoint (authorization code grant).
+	RedirectURIs []string
 }
 
 // Identifier is a FHIR Patient.identifier.
@@ -164,6 +170,7 @@ type EHR struct {
 	stalls        [numEndpoints]chan struct{}
 	faults        [numEndpoints]*fault
 	discovery     map[string]any // overrides
+	codeFlow      codeFlow
 	lastTokenAuth string
 	closed        bool
 }
@@ -187,6 +194,7 @@ func New(tb testing.TB) *EHR {
 	mux.HandleFunc("POST /auth/introspect", e.wrap(Introspect, e.serveIntrospect))
 	mux.HandleFunc("GET /auth/jwks", e.wrap(JWKS, e.serveJWKS))
 	mux.HandleFunc("GET /fhir/Patient/{id}", e.wrap(Patient, e.servePatient))
+	e.routeCodeFlow(mux)
 	e.srv = httptest.NewServer(mux)
 	e.issuer = e.srv.URL + "/auth"
 	tb.Cleanup(e.Close)
@@ -679,6 +687,10 @@ func (e *EHR) verifyAssertion(assertion string) (string, error) {
 func (e *EHR) serveToken(w http.ResponseWriter, r *http.Request) {
 	if err := r.ParseForm(); err != nil {
 		oauthError(w, http.StatusBadRequest, "invalid_request", "bad form")
+		return
+	}
+	if r.PostForm.Get("grant_type") == "authorization_code" {
+		e.serveCodeGrant(w, r)
 		return
 	}
 	if r.PostForm.Get("grant_type") != "client_credentials" {

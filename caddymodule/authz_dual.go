@@ -1,0 +1,241 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/smart-imaging/smart_imaging/authz"
+	"github.com/smart-imaging/smart_imaging/authz/dual"
+)
+
+func init() {
+	caddy.RegisterModule(DualAuthz{})
+}
+
+// DualAuthz is the "smart-on-fhir-independent" authorizer (dual launch):
+// the route is its own SMART authorization server, chained to the EHR's.
+// It serves /oauth/authorize, /oauth/ehr-callback, /oauth/decision and
+// /oauth/token under the route, publishes them in the route's
+// smart-configuration, and accepts only the access tokens it issued, for
+// this route. The protocol lives in authz/dual; this is the wiring.
+type DualAuthz struct {
+	dual.Config
+
+	impl *dual.Server
+}
+
+// CaddyModule returns the Caddy module information.
+func (DualAuthz) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.smart_imaging.authz.smart-on-fhir-independent",
+		New: func() caddy.Module { return new(DualAuthz) },
+	}
+}
+
+// Provision resolves placeholders ({env.…}) and builds the server. It does
+// no network I/O.
+func (m *DualAuthz) Provision(ctx caddy.Context) error {
+	repl := caddy.NewReplacer()
+	r := func(s string) string { return repl.ReplaceKnown(s, "") }
+	cfg := m.Config
+	for _, sec := range []struct{ name, value string }{
+		{"signing_key", cfg.SigningKey}, {"private_key", cfg.PrivateKey}, {"client_secret", cfg.ClientSecret},
+		{"fhir_base_url", cfg.FHIRBaseURL}, {"client_id", cfg.ClientID},
+	} {
+		if strings.Contains(sec.value, "{env.") && strings.TrimSpace(r(sec.value)) == "" {
+			return fmt.Errorf("authz smart-on-fhir-independent: %s %s is empty: set the environment variable", sec.name, sec.value)
+		}
+	}
+	cfg.FHIRBaseURL, cfg.ClientID, cfg.ClientSecret = r(cfg.FHIRBaseURL), r(cfg.ClientID), r(cfg.ClientSecret)
+	cfg.PrivateKey, cfg.PrivateKeyAlg, cfg.PrivateKeyID = r(cfg.PrivateKey), r(cfg.PrivateKeyAlg), r(cfg.PrivateKeyID)
+	cfg.SigningKey, cfg.EHRScope = r(cfg.SigningKey), r(cfg.EHRScope)
+	apps := make([]dual.App, 0, len(cfg.Apps))
+	for _, a := range cfg.Apps {
+		a.ClientID, a.JWKSURL = r(a.ClientID), r(a.JWKSURL)
+		uris := make([]string, 0, len(a.RedirectURIs))
+		for _, u := range a.RedirectURIs {
+			uris = append(uris, r(u))
+		}
+		a.RedirectURIs = uris
+		apps = append(apps, a)
+	}
+	cfg.Apps = apps
+	timeout := dual.DefaultTimeout
+	if cfg.Timeout > 0 {
+		timeout = time.Duration(cfg.Timeout)
+	}
+	client := &http.Client{Timeout: timeout, CheckRedirect: noRedirects}
+	impl, err := dual.New(cfg, client, ctx.Logger())
+	if err != nil {
+		return fmt.Errorf("authz smart-on-fhir-independent: %w", err)
+	}
+	m.impl = impl
+	return nil
+}
+
+// Authorize implements authz.Authorizer.
+func (m *DualAuthz) Authorize(r *http.Request) (*authz.Principal, error) { return m.impl.Authorize(r) }
+
+// PatientKeys implements authz.Authorizer.
+func (m *DualAuthz) PatientKeys(ctx context.Context, p *authz.Principal) ([]string, error) {
+	return m.impl.PatientKeys(ctx, p)
+}
+
+// PatientIdentifiers implements authz.Authorizer.
+func (m *DualAuthz) PatientIdentifiers(ctx context.Context, p *authz.Principal) ([]authz.Identifier, error) {
+	return m.impl.PatientIdentifiers(ctx, p)
+}
+
+// EHRBaseURL is the EHR FHIR base, for matching absolute patient
+// references.
+func (m *DualAuthz) EHRBaseURL() string { return m.impl.FHIRBaseURL() }
+
+// Check tests the EHR's discovery document (readiness).
+func (m *DualAuthz) Check(ctx context.Context) error { return m.impl.Check(ctx) }
+
+// serveDual answers the dual-launch endpoints of a route whose authorizer
+// is smart-on-fhir-independent: /oauth/* and the route's own
+// smart-configuration. It reports false for every other request.
+func (h *Handler) serveDual(w http.ResponseWriter, r *http.Request, path string) bool {
+	d, ok := h.authorizer.(*DualAuthz)
+	if !ok {
+		return false
+	}
+	base := h.publicBase(r)
+	switch {
+	case strings.HasPrefix(path, "/oauth/"):
+		return d.impl.ServeOAuth(w, r, path, base)
+	case path == "/fhir/.well-known/smart-configuration":
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_ = json.NewEncoder(w).Encode(d.impl.SMARTConfiguration(base))
+		return true
+	}
+	return false
+}
+
+// UnmarshalCaddyfile reads:
+//
+//	authz smart-on-fhir-independent {
+//		fhir_base_url   <EHR FHIR base>
+//		client_id       <the gateway's client id at the EHR>
+//		client_secret   <secret> | private_key <JWK/PEM file or inline>  (neither: public client, PKCE)
+//		private_key_alg <alg>
+//		private_key_id  <kid>
+//		signing_key     <base64 of ≥ 32 random bytes, shared by every replica>
+//		token_ttl       <duration, default 1h, at most 12h>
+//		ehr_scope       <scope>...
+//		mrn_system      <system>...
+//		timeout         <duration>
+//		app <client_id> {
+//			redirect_uri <exact uri>...
+//			jwks_url     <url>   # confidential (private_key_jwt); absent: public + PKCE
+//		}
+//	}
+func (m *DualAuthz) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // "smart-on-fhir-independent"
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	one := func(dst *string) error {
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		*dst = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		return nil
+	}
+	dur := func(dst *caddy.Duration) error {
+		name := d.Val()
+		var s string
+		if err := one(&s); err != nil {
+			return err
+		}
+		v, err := caddy.ParseDuration(s)
+		if err != nil || v <= 0 {
+			return d.Errf("%s: %q is not a positive duration", name, s)
+		}
+		*dst = caddy.Duration(v)
+		return nil
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch opt := d.Val(); opt {
+		case "fhir_base_url":
+			err = one(&m.FHIRBaseURL)
+		case "client_id":
+			err = one(&m.ClientID)
+		case "client_secret":
+			err = one(&m.ClientSecret)
+		case "private_key":
+			err = one(&m.PrivateKey)
+		case "private_key_alg":
+			err = one(&m.PrivateKeyAlg)
+		case "private_key_id":
+			err = one(&m.PrivateKeyID)
+		case "signing_key":
+			err = one(&m.SigningKey)
+		case "token_ttl":
+			err = dur(&m.TokenTTL)
+		case "timeout":
+			err = dur(&m.Timeout)
+		case "ehr_scope":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			m.EHRScope = strings.Join(args, " ")
+		case "mrn_system":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			m.MRNSystem = append(m.MRNSystem, args...)
+		case "app":
+			var app dual.App
+			if err = one(&app.ClientID); err != nil {
+				return err
+			}
+			for n := d.Nesting(); d.NextBlock(n); {
+				switch d.Val() {
+				case "redirect_uri":
+					args := d.RemainingArgs()
+					if len(args) == 0 {
+						return d.ArgErr()
+					}
+					app.RedirectURIs = append(app.RedirectURIs, args...)
+				case "jwks_url":
+					if err := one(&app.JWKSURL); err != nil {
+						return err
+					}
+				default:
+					return d.Errf("unrecognized app option '%s' (known: redirect_uri, jwks_url)", d.Val())
+				}
+			}
+			m.Apps = append(m.Apps, app)
+		default:
+			return d.Errf("unrecognized authz smart-on-fhir-independent option '%s' (known: fhir_base_url, client_id, client_secret, private_key, private_key_alg, private_key_id, signing_key, token_ttl, ehr_scope, mrn_system, timeout, app)", opt)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Interface guards.
+var (
+	_ AuthzModule           = (*DualAuthz)(nil)
+	_ caddy.Provisioner     = (*DualAuthz)(nil)
+	_ caddyfile.Unmarshaler = (*DualAuthz)(nil)
+	_ fhirBaser             = (*DualAuthz)(nil)
+)
