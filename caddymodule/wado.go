@@ -60,7 +60,7 @@ func (h *Handler) serveWADO(w http.ResponseWriter, r *http.Request, rest string)
 		auditFrom(r).action = "retrieve " + wp.Level().String() + resourceSuffix(wp.Resource)
 
 		req := imagesource.Retrieval{Path: wp, PublicBase: h.publicBase(r) + "/wado/" + token,
-			StudyUID: claims.StudyUID, AnyPatient: p.Unrestricted}
+			StudyUID: claims.StudyUID, Unrestricted: p.Unrestricted}
 		if !p.Unrestricted {
 			// What the source serves is checked against the patient's
 			// PACS keys (cached by the authorizer), not only its path.

@@ -76,12 +76,12 @@ type Retrieval struct {
 	// a source serves must carry it as its StudyInstanceUID.
 	StudyUID string
 	// PatientIDs are the caller's PACS keys. Every object a source serves
-	// must carry one of them as its PatientID. Empty (without AnyPatient)
+	// must carry one of them as its PatientID. Empty (without Unrestricted)
 	// lets nothing through.
 	PatientIDs []string
-	// AnyPatient is set for routes without patient binding
+	// Unrestricted is set for routes without patient binding
 	// (disable_authz_checks): only the study UID is checked.
-	AnyPatient bool
+	Unrestricted bool
 }
 
 // ErrForeignObject is wrapped by CheckObject's refusals: the source was
@@ -92,14 +92,14 @@ var ErrForeignObject = errors.New("an object of another study or patient")
 // CheckObject reports whether an object whose StudyInstanceUID and
 // PatientID hold the given values may be served for r: exactly one study
 // UID, r's; exactly one PatientID, one of r.PatientIDs (unless
-// r.AnyPatient). DICOM padding (spaces, and NUL after a UID) is not
+// r.Unrestricted). DICOM padding (spaces, and NUL after a UID) is not
 // significant. The error names what disagreed, never the values, so it can
 // be logged and shown without leaking another patient's identifiers.
 func (r Retrieval) CheckObject(studyUIDs, patientIDs []string) error {
 	if len(studyUIDs) != 1 || r.StudyUID == "" || strings.TrimRight(studyUIDs[0], " \x00") != r.StudyUID {
 		return fmt.Errorf("%w: its StudyInstanceUID is not the study asked for", ErrForeignObject)
 	}
-	if r.AnyPatient {
+	if r.Unrestricted {
 		return nil
 	}
 	if len(patientIDs) != 1 {

@@ -7,7 +7,7 @@ import (
 
 func TestCheckObject(t *testing.T) {
 	bound := Retrieval{StudyUID: "1.2.3", PatientIDs: []string{"MRN-1", "MRN-2"}}
-	open := Retrieval{StudyUID: "1.2.3", AnyPatient: true}
+	open := Retrieval{StudyUID: "1.2.3", Unrestricted: true}
 	for _, tc := range []struct {
 		name     string
 		r        Retrieval
@@ -27,7 +27,7 @@ func TestCheckObject(t *testing.T) {
 		{"no PatientID", bound, []string{"1.2.3"}, nil, false},
 		{"an empty PatientID", Retrieval{StudyUID: "1.2.3", PatientIDs: []string{""}}, []string{"1.2.3"}, []string{""}, false},
 		{"no keys (zero value denies)", Retrieval{StudyUID: "1.2.3"}, []string{"1.2.3"}, []string{"MRN-1"}, false},
-		{"no study asked for", Retrieval{AnyPatient: true}, []string{""}, nil, false},
+		{"no study asked for", Retrieval{Unrestricted: true}, []string{""}, nil, false},
 		{"unrestricted: any patient", open, []string{"1.2.3"}, []string{"ANYONE"}, true},
 		{"unrestricted: no PatientID", open, []string{"1.2.3"}, nil, true},
 		{"unrestricted: still the study", open, []string{"9.9"}, []string{"ANYONE"}, false},

@@ -231,7 +231,7 @@ func TestRetrieveChecksMetadata(t *testing.T) {
 			rec := httptest.NewRecorder()
 			err := s.Retrieve(rec, httptest.NewRequest(http.MethodGet, "/x", nil), imagesource.Retrieval{
 				Path: mustParse(t, "studies/1.2/metadata"), PublicBase: publicBase,
-				StudyUID: "1.2", PatientIDs: tc.patients, AnyPatient: tc.patients == nil})
+				StudyUID: "1.2", PatientIDs: tc.patients, Unrestricted: tc.patients == nil})
 			if tc.ok {
 				if err != nil || rec.Code != 200 || rec.Body.String() != tc.body {
 					t.Fatalf("err %v, HTTP %d, body %q; want the answer unchanged", err, rec.Code, rec.Body.String())

@@ -60,7 +60,7 @@ func do(t *testing.T, s *Source, rq request) (*httptest.ResponseRecorder, error)
 		r.Header.Add("Accept", a)
 	}
 	rec := httptest.NewRecorder()
-	err = s.Retrieve(rec, r, imagesource.Retrieval{Path: p, PublicBase: publicBase, StudyUID: p.StudyUID, AnyPatient: true})
+	err = s.Retrieve(rec, r, imagesource.Retrieval{Path: p, PublicBase: publicBase, StudyUID: p.StudyUID, Unrestricted: true})
 	return rec, err
 }
 
@@ -611,7 +611,7 @@ func TestRetrieveChecksStudyAndPatient(t *testing.T) {
 			}
 			rec := httptest.NewRecorder()
 			err = s.Retrieve(rec, httptest.NewRequest(http.MethodGet, "/x", nil), imagesource.Retrieval{
-				Path: p, PublicBase: publicBase, StudyUID: tc.study, PatientIDs: tc.patients, AnyPatient: tc.any})
+				Path: p, PublicBase: publicBase, StudyUID: tc.study, PatientIDs: tc.patients, Unrestricted: tc.any})
 			if tc.want == 0 {
 				if err != nil || rec.Code != 200 || rec.Body.Len() == 0 {
 					t.Fatalf("err %v, HTTP %d, %d bytes; want the answer", err, rec.Code, rec.Body.Len())
