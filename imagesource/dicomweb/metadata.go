@@ -236,7 +236,7 @@ func (s *metadataScan) element(kind, depth int) error {
 		return nil
 	}
 	var (
-		vr                     string
+		vr                     vrClass
 		seenVR, seenValue      bool
 		valueFrom, valueTo     = -1, -1 // a Value read before vr, to read again
 		bulkKey, bulkFrom      = -1, -1
@@ -273,9 +273,10 @@ func (s *metadataScan) element(kind, depth int) error {
 			if err != nil {
 				return err
 			}
-			vr = string(s.b[from+1 : to-1])
 			if esc {
-				vr = s.unquote(from, to)
+				vr = classifyVR(s.unquote(from, to))
+			} else {
+				vr = classifyVR(string(s.b[from+1 : to-1]))
 			}
 		case strings.EqualFold(key, "Value"):
 			if seenValue {
@@ -324,7 +325,7 @@ func (s *metadataScan) element(kind, depth int) error {
 		s.i++
 		break
 	}
-	if valueFrom >= 0 && (vr == "SQ" || vr == "UR") {
+	if valueFrom >= 0 && vr != vrOther {
 		end := s.i
 		s.i = valueFrom
 		if err := s.values(kind, vr, depth); err != nil {
@@ -353,10 +354,31 @@ func (s *metadataScan) element(kind, depth int) error {
 	return nil
 }
 
+// vrClass is what the scan needs of an element's VR: whether its values
+// are data sets (SQ), URIs (UR) or neither. A class, not the VR's text, so
+// that reading a VR allocates nothing.
+type vrClass uint8
+
+const (
+	vrOther vrClass = iota
+	vrSQ
+	vrUR
+)
+
+func classifyVR(vr string) vrClass {
+	switch vr {
+	case "SQ":
+		return vrSQ
+	case "UR":
+		return vrUR
+	}
+	return vrOther
+}
+
 // values reads an element's Value array: strings collected for the
 // identity elements, data sets for SQ, URIs mapped for UR, anything valid
 // otherwise.
-func (s *metadataScan) values(kind int, vr string, depth int) error {
+func (s *metadataScan) values(kind int, vr vrClass, depth int) error {
 	if s.peek() != '[' {
 		return s.fail("Value is not an array")
 	}
@@ -384,11 +406,11 @@ func (s *metadataScan) values(kind int, vr string, depth int) error {
 			} else {
 				s.patients = append(s.patients, v)
 			}
-		case vr == "SQ":
+		case vr == vrSQ:
 			if err := s.dataset(false, depth+1); err != nil {
 				return err
 			}
-		case vr == "UR":
+		case vr == vrUR:
 			from, to, _, err := s.str()
 			if err != nil {
 				return err
