@@ -138,20 +138,6 @@ func BenchmarkRetrieveInstanceMultipart(b *testing.B) {
 // answer (21 instances of about 65 attributes) whose BulkDataURIs are
 // rewritten onto the gateway.
 func BenchmarkRetrieveMetadataJSON(b *testing.B) {
-	var items []string
-	for i := 0; i < 21; i++ {
-		var it strings.Builder
-		it.WriteString(`{"00080018":{"vr":"UI","Value":["2.25.1.1.` + fmt.Sprint(i) + `"]}`)
-		it.WriteString(`,"00100020":{"vr":"LO","Value":["` + benchPatient + `"]},"0020000D":{"vr":"UI","Value":["` + benchStudyUID + `"]}`)
-		it.WriteString(`,"00081190":{"vr":"UR","Value":["` + benchBase + `/studies/` + benchStudyUID + `"]}`)
-		it.WriteString(`,"00081032":{"vr":"SQ","Value":[{"00080100":{"vr":"SH","Value":["CTCHEST"]},"00080104":{"vr":"LO","Value":["CT chest"]}}]}`)
-		for t := 0; t < 60; t++ {
-			fmt.Fprintf(&it, `,"0009%04X":{"vr":"LO","Value":["value %d"]}`, t, t)
-		}
-		fmt.Fprintf(&it, `,"00200032":{"vr":"DS","Value":[-125.0,-125.0,%d.5]}`, i)
-		fmt.Fprintf(&it, `,"7FE00010":{"vr":"OW","BulkDataURI":"%s/studies/%s/series/%s.1/instances/%s.1.%d/bulk/7fe00010"}}`, benchBase, benchStudyUID, benchStudyUID, benchStudyUID, i)
-		items = append(items, it.String())
-	}
-	body := []byte("[" + strings.Join(items, ",") + "]")
+	body := dicomweb.BenchMetadataBody(benchBase, benchStudyUID, benchPatient)
 	benchRetrieve(b, "studies/"+benchStudyUID+"/metadata", "application/dicom+json", &cannedProxy{contentType: "application/dicom+json", body: body})
 }
