@@ -68,15 +68,21 @@ func (h *Handler) serveWADO(w http.ResponseWriter, r *http.Request, rest string)
 			return h.fail(w, r, err)
 		}
 
+		req := imagesource.Retrieval{Path: wp, PublicBase: h.publicBase(r) + "/wado/" + token,
+			StudyUID: claims.StudyUID, Unrestricted: p.Unrestricted, MaxRenderSize: h.maxRenderSize()}
+		if !p.Unrestricted {
+			// What the source serves is checked against the patient's
+			// PACS keys (cached by the authorizer), not only its path.
+			if req.PatientIDs, err = h.authorizer.PatientKeys(r.Context(), p); err != nil {
+				return h.fail(w, r, err)
+			}
+		}
+
 		start := time.Now()
 		defer func() {
 			metricSourceDuration.WithLabelValues(h.metricRoute(r), "retrieve").Observe(time.Since(start).Seconds())
 		}()
-		err = h.source.Retrieve(w, r, imagesource.Retrieval{
-			Path:          wp,
-			PublicBase:    h.publicBase(r) + "/wado/" + token,
-			MaxRenderSize: h.maxRenderSize(),
-		})
+		err = h.source.Retrieve(w, r, req)
 		if err != nil {
 			if _, ok := imagesource.AsError(err); ok {
 				return h.fail(w, r, err)

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
@@ -74,6 +75,46 @@ type Retrieval struct {
 	// MaxRenderSize bounds rendered and thumbnail sizes (CheckRender); 0:
 	// DefaultMaxRenderSize.
 	MaxRenderSize int
+	// StudyUID is the study the caller's study token grants. Every object
+	// a source serves must carry it as its StudyInstanceUID.
+	StudyUID string
+	// PatientIDs are the caller's PACS keys. Every object a source serves
+	// must carry one of them as its PatientID. Empty (without Unrestricted)
+	// lets nothing through.
+	PatientIDs []string
+	// Unrestricted is set for routes without patient binding
+	// (disable_authz_checks): only the study UID is checked.
+	Unrestricted bool
+}
+
+// ErrForeignObject is wrapped by CheckObject's refusals: the source was
+// about to serve an object of another study or another patient than the
+// request's.
+var ErrForeignObject = errors.New("an object of another study or patient")
+
+// CheckObject reports whether an object whose StudyInstanceUID and
+// PatientID hold the given values may be served for r: exactly one study
+// UID, r's; exactly one PatientID, one of r.PatientIDs (unless
+// r.Unrestricted). DICOM padding (spaces, and NUL after a UID) is not
+// significant. The error names what disagreed, never the values, so it can
+// be logged and shown without leaking another patient's identifiers.
+func (r Retrieval) CheckObject(studyUIDs, patientIDs []string) error {
+	if len(studyUIDs) != 1 || r.StudyUID == "" || strings.TrimRight(studyUIDs[0], " \x00") != r.StudyUID {
+		return fmt.Errorf("%w: its StudyInstanceUID is not the study asked for", ErrForeignObject)
+	}
+	if r.Unrestricted {
+		return nil
+	}
+	if len(patientIDs) != 1 {
+		return fmt.Errorf("%w: it has no single PatientID", ErrForeignObject)
+	}
+	id := strings.Trim(patientIDs[0], " ")
+	for _, k := range r.PatientIDs {
+		if id != "" && id == strings.Trim(k, " ") {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: its PatientID is not one of the patient's", ErrForeignObject)
 }
 
 // Source is an image back end.

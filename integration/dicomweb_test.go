@@ -433,7 +433,9 @@ func startBrokenPACS(t *testing.T) *httptest.Server {
 		buf.WriteString(head + "\r\n" + body)
 		buf.Flush()
 	}
-	part := "--BB\r\nContent-Type: application/dicom\r\n\r\n" + strings.Repeat("\x00", 128) + "DICM-not-really\r\n"
+	part := func(study string) string {
+		return "--BB\r\nContent-Type: application/dicom\r\n\r\n" + string(dicomHead(study, "BROKEN-1", 16)) + strings.Repeat("\x5a", 16) + "\r\n"
+	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := strings.TrimPrefix(r.URL.Path, "/dicom-web/")
 		w.Header().Set("Content-Type", "application/dicom+json")
@@ -448,11 +450,11 @@ func startBrokenPACS(t *testing.T) *httptest.Server {
 			se.SetString(dicomjson.TagModality, "CS", "OT")
 			json.NewEncoder(w).Encode([]dicomjson.Dataset{se})
 		case p == "studies/"+brokenCompleteStudy:
-			raw(w, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary=BB\r\n", part+"--BB--\r\n")
+			raw(w, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary=BB\r\n", part(brokenCompleteStudy)+"--BB--\r\n")
 		case p == "studies/"+brokenMultipartStudy:
-			raw(w, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary=BB\r\n", part+part[:20])
+			raw(w, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary=BB\r\n", part(brokenMultipartStudy)+part(brokenMultipartStudy)[:20])
 		case p == "studies/"+brokenLengthStudy:
-			raw(w, "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary=BB\r\n", part)
+			raw(w, "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary=BB\r\n", part(brokenLengthStudy))
 		default:
 			http.NotFound(w, r)
 		}

@@ -656,10 +656,13 @@ func TestFaults(t *testing.T) {
 		pacsProxy.mu.Lock()
 		pacsProxy.hugeHead = "HTTP/1.1 200 OK\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary=HUGE\r\nConnection: close\r\n\r\n"
 		pacsProxy.hugeBody = func(w io.Writer) error {
-			if _, err := io.WriteString(w, "--HUGE\r\nContent-Type: application/dicom\r\n\r\n"); err != nil {
+			// A real DICOM header of the study asked for: the gateway
+			// checks it before it passes the part on.
+			head := dicomHead(sa, demoMRN, partSize-len(dicomHead(sa, demoMRN, 0)))
+			if _, err := io.WriteString(w, "--HUGE\r\nContent-Type: application/dicom\r\n\r\n"+string(head)); err != nil {
 				return err
 			}
-			if err := writeRepeated(w, 0x5a, partSize); err != nil {
+			if err := writeRepeated(w, 0x5a, partSize-len(head)); err != nil {
 				return err
 			}
 			_, err := io.WriteString(w, "\r\n--HUGE--\r\n")

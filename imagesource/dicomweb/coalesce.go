@@ -196,6 +196,11 @@ func (c *coalescer) writeOutLocked() error {
 }
 
 func (c *coalescer) flushLocked() error {
+	if !c.sent && (c.buf == nil || len(*c.buf) == 0) {
+		// Nothing to send yet: the status line waits for the first
+		// bytes (a part held back for its check may still be refused).
+		return nil
+	}
 	if err := c.writeOutLocked(); err != nil {
 		return err
 	}

@@ -98,8 +98,9 @@ func TestCoalescerStopsAfterAClientError(t *testing.T) {
 // client has the first part, so a gateway that held it would hang; the
 // test bounds that wait.
 func TestRetrieveStalledPACSStillDelivers(t *testing.T) {
-	first := "--BB\r\nContent-Type: application/dicom\r\nContent-Length: 10\r\n\r\nDICM-first\r\n"
-	second := "--BB\r\nContent-Type: application/dicom\r\nContent-Length: 11\r\n\r\nDICM-second\r\n--BB--\r\n"
+	obj1, obj2 := dicomObject("1.2", testPatient, 10), dicomObject("1.2", testPatient, 11)
+	first := "--BB\r\nContent-Type: application/dicom\r\nContent-Length: " + strconv.Itoa(len(obj1)) + "\r\n\r\n" + string(obj1) + "\r\n"
+	second := "--BB\r\nContent-Type: application/dicom\r\nContent-Length: " + strconv.Itoa(len(obj2)) + "\r\n\r\n" + string(obj2) + "\r\n--BB--\r\n"
 	clientHasFirst := make(chan struct{})
 	s, _, _ := retrieveSetup(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", `multipart/related; type="application/dicom"; boundary=BB`)
@@ -142,10 +143,7 @@ func TestRetrieveStalledPACSStillDelivers(t *testing.T) {
 // TestRetrieveLargeBodiesPassIntact streams answers larger than the
 // gathering buffer, with and without Content-Length, and compares bytes.
 func TestRetrieveLargeBodiesPassIntact(t *testing.T) {
-	payload := make([]byte, 2*coalesceSize+777)
-	for i := range payload {
-		payload[i] = byte(i * 7)
-	}
+	payload := dicomObject("1.2", testPatient, 2*coalesceSize+777)
 	body := "--BB\r\nContent-Type: application/dicom\r\nContent-Length: " + strconv.Itoa(len(payload)) + "\r\n\r\n" +
 		string(payload) + "\r\n--BB--\r\n"
 	for _, withLength := range []bool{true, false} {

@@ -1,8 +1,10 @@
 // Package dicomweb is the image source that fronts a PACS speaking DICOMweb:
 // searches become QIDO-RS queries (exact PatientID, every answer checked
 // again) and WADO-RS retrieves go through a reverse proxy (Caddy's, in the
-// server), streamed, with the PACS's own URLs in the answers rewritten onto
-// the gateway.
+// server), streamed, with what the PACS sends checked against the study
+// asked for (metadata before the first byte, each DICOM object from its
+// header) and the PACS's own URLs in the answers rewritten onto the
+// gateway (any other URL dropped).
 //
 // Upstream connection reuse: Orthanc closes idle keep-alive connections
 // after 1 s, so the transport that talks to it must drop idle connections

@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/imagesource/dicomhead"
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
 	"github.com/smart-imaging/smart_imaging/internal/dicomgen"
 	"github.com/smart-imaging/smart_imaging/internal/orthanc"
@@ -251,7 +252,6 @@ func mustRequest(t *testing.T, target string) *http.Request {
 func TestOrthancRetrieve(t *testing.T) {
 	srv, m := realPACS(t)
 	s := orthancSource(t, srv, srv.Username(), srv.Password())
-	gw := gateway(t, s)
 	pacsHost := "127.0.0.1:" + strconv.Itoa(srv.Port())
 
 	var cine dicomgen.Instance
@@ -263,6 +263,7 @@ func TestOrthancRetrieve(t *testing.T) {
 	if cine.Frames < 4 {
 		t.Fatal("demo set has no multi-frame instance")
 	}
+	gw := gatewayAs(t, s, []string{cine.PatientID})
 	inst := fmt.Sprintf("studies/%s/series/%s/instances/%s", cine.StudyUID, cine.SeriesUID, cine.SOPInstanceUID)
 
 	get := func(path, accept string) (*http.Response, []byte) {
@@ -381,6 +382,45 @@ func TestOrthancRetrieve(t *testing.T) {
 		}
 		if n != want {
 			t.Errorf("%d instances, want %d", n, want)
+		}
+	})
+
+	// Orthanc transcodes on request: the header check reads implicit VR
+	// little endian as well, and refuses what it cannot read rather than
+	// pass it on unchecked.
+	t.Run("study transcoded to implicit VR", func(t *testing.T) {
+		resp, body := get("studies/"+cine.StudyUID, `multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2`)
+		if resp.StatusCode != 200 {
+			t.Fatalf("HTTP %d: %.300s", resp.StatusCode, body)
+		}
+		_, params, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+		mr := multipart.NewReader(strings.NewReader(string(body)), params["boundary"])
+		n := 0
+		for {
+			p, err := mr.NextPart()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, _ := io.ReadAll(p)
+			id, err := dicomhead.Parse(data)
+			if err != nil || id.TransferSyntax != "1.2.840.10008.1.2" {
+				t.Errorf("part %d: transfer syntax %q, %v; want implicit VR little endian", n, id.TransferSyntax, err)
+			}
+			n++
+		}
+		if n == 0 {
+			t.Error("no instance")
+		}
+	})
+	t.Run("study transcoded to a syntax the check cannot read", func(t *testing.T) {
+		for _, ts := range []string{"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"} {
+			resp, body := get("studies/"+cine.StudyUID, `multipart/related; type="application/dicom"; transfer-syntax=`+ts)
+			if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "cannot check") {
+				t.Errorf("transfer syntax %s: HTTP %d %.200s; want the gateway's 502", ts, resp.StatusCode, body)
+			}
 		}
 	})
 

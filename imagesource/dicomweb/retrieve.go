@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/imagesource/dicomhead"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
 )
 
@@ -51,13 +52,28 @@ const (
 // query = only the rendered/thumbnail parameters DICOMweb defines; headers
 // = Accept (and a few conditional headers) plus the configured
 // credentials; Host = the base URL's host. HEAD is sent as GET (Orthanc
-// answers HEAD with 404) and the body is discarded.
+// answers HEAD with 404); the body is checked as for a GET, then dropped.
 //
-// The answer streams to w, flushed as it arrives. URLs that point at the
-// PACS's DICOMweb root (Content-Location, and in application/dicom+json
-// bodies RetrieveURL and BulkDataURI; in multipart answers the part
-// headers) are rewritten onto req.PublicBase while streaming. Metadata is
-// asked for and served as application/dicom+json only.
+// What the PACS sends is checked against req, not only asked for by path:
+//   - metadata (asked for and served as application/dicom+json only) is
+//     read whole (at most MaxMetadataBody) and sent only when every object
+//     in it passes req.CheckObject (its StudyInstanceUID and PatientID);
+//   - DICOM objects, alone (application/dicom) or as multipart parts, are
+//     held back until their header passes req.CheckObject (read by
+//     dicomhead); an object of another study or patient, or one that
+//     cannot be read (not Part 10, deflated, big endian), stops the answer;
+//   - frames, bulk data and rendered images carry no identifiers and are
+//     streamed as they come; a JSON answer to them is refused.
+//
+// URIs the PACS writes (Content-Location and Location, in metadata every
+// BulkDataURI and UR value such as RetrieveURL, in multipart answers the
+// part headers) are mapped onto req.PublicBase when they lie under one of
+// the PACS's DICOMweb roots, and dropped otherwise. A redirect from the
+// PACS is refused (502), never followed or passed on.
+//
+// A refusal before any byte went out is an *imagesource.Error 502; after,
+// the connection is aborted. Either way it is logged as a PACS fault
+// (study UID and path, never the other object's identifiers).
 //
 // When the PACS answers with an error status, nothing is written and an
 // *imagesource.Error is returned (400, 404 and 406 keep their status; 401
@@ -117,9 +133,11 @@ func (s *Source) Retrieve(w http.ResponseWriter, r *http.Request, req imagesourc
 	pw := &proxyWriter{
 		w:       w,
 		src:     s,
+		req:     &req,
 		header:  make(http.Header),
 		head:    r.Method == http.MethodHead,
 		repl:    publicBase + "/",
+		reqURL:  s.base.ResolveReference(&url.URL{Path: s.base.Path + "/" + rel}),
 		relPath: rel,
 	}
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
@@ -140,7 +158,7 @@ var errAbortedBeforeSending = errors.New("the proxy aborted the answer")
 func (s *Source) serveProxy(pw *proxyWriter, r *http.Request, next caddyhttp.Handler) (perr error) {
 	defer func() {
 		if v := recover(); v != nil {
-			if v == http.ErrAbortHandler && pw.started && pw.out != nil && !pw.out.headSent() {
+			if v == http.ErrAbortHandler && !pw.headSent() {
 				perr = errAbortedBeforeSending
 				return
 			}
@@ -254,30 +272,126 @@ func acceptsObjects(accept string) bool {
 }
 
 // proxyWriter sits between the reverse proxy and the client. It holds the
-// upstream's headers until the status is known: an error status is kept
-// from the client (and turned into an *imagesource.Error by finish); a
-// success passes on with the PACS's URLs rewritten, the body streamed
-// through a bodyFilter and flushed after every write.
+// upstream's headers until the status is known: an error status, a
+// redirect or an answer the gateway cannot check is kept from the client
+// (and turned into an *imagesource.Error by finish); a success passes on
+// with the PACS's URLs mapped onto the gateway (or dropped), the body
+// checked and streamed through a bodyFilter, or, for metadata, read whole,
+// checked, then sent.
 type proxyWriter struct {
 	w       http.ResponseWriter
 	src     *Source
+	req     *imagesource.Retrieval
 	header  http.Header // what the proxy sets: the upstream's headers
 	head    bool
-	repl    string // public base + "/"
+	repl    string   // public base + "/"
+	reqURL  *url.URL // the upstream request's absolute URL
 	relPath string
 
 	status  int  // upstream status
-	failed  bool // upstream status >= 400, or an answer we cannot pass on
+	failed  bool // upstream status >= 300, or an answer we cannot pass on
 	started bool // a success status was accepted (sent to w with the first body bytes)
 	early   *imagesource.Error
 	errBody []byte
 	body    bodyFilter
 	// out gathers what goes to the client into large writes (nil until
-	// the status is known, and for HEAD).
+	// the status is known, and for metadata).
 	out *coalescer
+	// buffering: the answer is metadata, gathered in meta and sent by
+	// finish once checked.
+	buffering bool
+	meta      []byte
+	sendHead  func(length int64)
+	headDone  bool
+	// fault is the PACS fault that stopped the answer (an object of
+	// another study or patient, or one that cannot be checked).
+	fault error
 }
 
+// errUncheckable is wrapped when the PACS sends an object the gateway
+// cannot check (not Part 10, a transfer syntax it cannot read, no study
+// UID in its first maxObjectHeader bytes): it is not passed on.
+var errUncheckable = errors.New("an object the gateway cannot check")
+
+// errMetadataTooLarge is the fault of a metadata answer larger than
+// maxMetadataBody.
+var errMetadataTooLarge = errors.New("the metadata answer is larger than the gateway checks")
+
+// maxObjectHeader bounds how much of an object is held back to find its
+// StudyInstanceUID (real headers need a few KiB).
+const maxObjectHeader = 1 << 20
+
 func (pw *proxyWriter) Header() http.Header { return pw.header }
+
+// bodyMode is how a success answer's body is handled.
+type bodyMode int
+
+const (
+	modePass             bodyMode = iota // streamed as is
+	modeMultipart                        // part header URLs mapped, contents streamed
+	modeMultipartObjects                 // as modeMultipart, every part checked as a DICOM object
+	modeObject                           // one DICOM object, checked
+	modeMetadata                         // DICOM JSON, read whole and checked
+)
+
+// bodyMode decides how the answer to the request's resource is handled,
+// from its Content-Type: objects must come as application/dicom (alone or
+// in multipart parts) and metadata as JSON, so that they can be checked;
+// other resources may not be JSON (its URIs would go unchecked).
+func (pw *proxyWriter) bodyMode(code int) (bodyMode, string, *imagesource.Error) {
+	if code == http.StatusNoContent || code == http.StatusNotModified {
+		return modePass, "", nil
+	}
+	ct := pw.header.Get("Content-Type")
+	mt, params, _ := mime.ParseMediaType(ct)
+	boundary := params["boundary"]
+	isJSON := mt == "application/dicom+json" || mt == "application/json" || strings.HasSuffix(mt, "+json")
+	isMultipart := strings.HasPrefix(mt, "multipart/")
+	if isMultipart && boundary == "" {
+		return 0, "", imagesource.Errorf(http.StatusBadGateway, "exception", "the PACS answered with a multipart body without a boundary")
+	}
+	var mode bodyMode
+	switch pw.req.Path.Resource {
+	case wadopath.Metadata:
+		if !isJSON {
+			return 0, "", imagesource.Errorf(http.StatusBadGateway, "exception",
+				"the PACS answered a metadata request with %q, not application/dicom+json", truncateText(ct, 80))
+		}
+		mode = modeMetadata
+	case wadopath.Objects:
+		switch {
+		case isMultipart:
+			mode = modeMultipartObjects
+		case mt == "application/dicom":
+			mode = modeObject
+		default:
+			return 0, "", imagesource.Errorf(http.StatusBadGateway, "exception",
+				"the PACS answered a DICOM retrieve with %q, which the gateway cannot check; it passes application/dicom only", truncateText(ct, 80))
+		}
+	default:
+		switch {
+		case isJSON:
+			return 0, "", imagesource.Errorf(http.StatusBadGateway, "exception",
+				"the PACS answered a %s request with JSON, which the gateway does not pass on", pw.req.Path.Resource)
+		case isMultipart:
+			mode = modeMultipart
+		default:
+			return modePass, "", nil
+		}
+	}
+	if enc := strings.ToLower(strings.TrimSpace(pw.header.Get("Content-Encoding"))); enc != "" && enc != "identity" {
+		return 0, "", imagesource.Errorf(http.StatusBadGateway, "exception",
+			"the PACS answered with Content-Encoding %q, which the gateway cannot check; disable compression on the PACS or the transport", enc)
+	}
+	return mode, boundary, nil
+}
+
+func truncateText(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
 
 func (pw *proxyWriter) WriteHeader(code int) {
 	if pw.started || pw.failed {
@@ -289,6 +403,16 @@ func (pw *proxyWriter) WriteHeader(code int) {
 	pw.status = code
 	if code >= 400 {
 		pw.failed = true
+		return
+	}
+	if code >= 300 && code != http.StatusNotModified {
+		pw.refuse(imagesource.Errorf(http.StatusBadGateway, "exception",
+			"the PACS answered with a redirect (HTTP %d), which the gateway does not follow", code))
+		return
+	}
+	mode, boundary, bad := pw.bodyMode(code)
+	if bad != nil {
+		pw.refuse(bad)
 		return
 	}
 	out := make(http.Header, len(pw.header)+1)
@@ -305,56 +429,101 @@ func (pw *proxyWriter) WriteHeader(code int) {
 	}
 	for _, h := range []string{"Content-Location", "Location"} {
 		if v := pw.header.Get(h); v != "" {
-			if nv, ok := pw.rewriteURL(v); ok {
+			if nv, ok := pw.publicURL(v); ok {
 				out.Set(h, nv)
 			}
 		}
 	}
-
-	var needJSON, needMultipart bool
-	var boundary string
-	if code != http.StatusNoContent && code != http.StatusNotModified {
-		ct := pw.header.Get("Content-Type")
-		mt, params, _ := mime.ParseMediaType(ct)
-		boundary = params["boundary"]
-		needJSON = mt == "application/dicom+json" || mt == "application/json" || strings.HasSuffix(mt, "+json")
-		needMultipart = strings.HasPrefix(mt, "multipart/") && boundary != ""
-		if needJSON || needMultipart {
-			if enc := strings.ToLower(strings.TrimSpace(pw.header.Get("Content-Encoding"))); enc != "" && enc != "identity" {
-				pw.failed = true
-				pw.early = imagesource.Errorf(http.StatusBadGateway, "exception",
-					"the PACS answered with Content-Encoding %q, which the gateway cannot rewrite; disable compression on the PACS or the transport", enc)
-				return
-			}
-			// The length changes when URLs are rewritten.
-			out.Del("Content-Length")
-		}
+	if mode != modePass {
+		// The length changes when URLs are rewritten.
+		out.Del("Content-Length")
 	}
 	pw.started = true
 	// The status and headers reach the client with the first bytes of the
 	// body: an answer that breaks before any byte went out still becomes
 	// a clean 502 (see finish).
-	sendHead := func(length int64) {
-		dst := pw.w.Header()
+	var dst http.ResponseWriter = pw.w
+	if pw.head {
+		// HEAD was sent upstream as GET: the body is checked as for a
+		// GET, then dropped.
+		dst = headOnlyWriter{pw.w}
+	}
+	pw.sendHead = func(length int64) {
+		pw.headDone = true
+		h := pw.w.Header()
 		for k, vs := range out {
-			dst[k] = vs
+			h[k] = vs
 		}
 		if length >= 0 && code != http.StatusNoContent && code != http.StatusNotModified {
-			dst.Set("Content-Length", strconv.FormatInt(length, 10))
+			h.Set("Content-Length", strconv.FormatInt(length, 10))
 		}
 		pw.w.WriteHeader(code)
 	}
-	if pw.head {
-		sendHead(-1)
+	if mode == modeMetadata {
+		pw.buffering = true
+		if n, err := strconv.Atoi(pw.header.Get("Content-Length")); err == nil && n > 0 && n <= maxMetadataBody {
+			pw.meta = make([]byte, 0, n)
+		}
 		return
 	}
-	pw.out = newCoalescer(pw.w, sendHead)
-	switch {
-	case needJSON:
-		pw.body = newJSONFilter(pw.out, pw.src.jsonNeedles(), jsonString(pw.repl))
-	case needMultipart:
-		pw.body = newMultipartFilter(pw.out, boundary, pw.src.needles, pw.repl)
+	pw.out = newCoalescer(dst, pw.sendHead)
+	switch mode {
+	case modeMultipart:
+		pw.body = newMultipartFilter(pw.out, boundary, pw.publicURL, nil)
+	case modeMultipartObjects:
+		pw.body = newMultipartFilter(pw.out, boundary, pw.publicURL, pw.checkObject)
+	case modeObject:
+		pw.body = &objectFilter{dst: pw.out, check: pw.checkObject}
 	}
+}
+
+// refuse keeps a success answer from the client: a PACS fault, logged.
+func (pw *proxyWriter) refuse(e *imagesource.Error) {
+	pw.failed = true
+	pw.early = e
+	pw.src.logger.Warn("PACS fault: answer refused", zap.String("study", pw.req.StudyUID),
+		zap.String("path", pw.relPath), zap.Int("status", pw.status), zap.String("reason", e.Message))
+}
+
+// noteFault records and logs the PACS fault that stops the answer: an
+// object of another study or patient, or one that cannot be checked.
+func (pw *proxyWriter) noteFault(err error) {
+	if pw.fault != nil {
+		return
+	}
+	pw.fault = err
+	pw.src.logger.Warn("PACS fault: its answer holds an object the request may not see; stopped",
+		zap.String("study", pw.req.StudyUID), zap.String("path", pw.relPath),
+		zap.String("reason", err.Error()), zap.Bool("after_first_byte", pw.headSent()))
+}
+
+// checkObject is the objectCheck of DICOM objects in this answer.
+func (pw *proxyWriter) checkObject(prefix []byte, complete bool) (bool, error) {
+	id, err := dicomhead.Parse(prefix)
+	switch {
+	case errors.Is(err, dicomhead.ErrShort):
+		if complete {
+			return false, fmt.Errorf("%w: an object ends before its StudyInstanceUID", errUncheckable)
+		}
+		if len(prefix) >= maxObjectHeader {
+			return false, fmt.Errorf("%w: no StudyInstanceUID in the first %d bytes of an object", errUncheckable, maxObjectHeader)
+		}
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("%w: %w", errUncheckable, err)
+	}
+	if err := pw.req.CheckObject(id.StudyUIDs, id.PatientIDs); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// headSent reports whether the status line went to the client.
+func (pw *proxyWriter) headSent() bool {
+	if pw.out != nil {
+		return pw.out.headSent()
+	}
+	return pw.headDone
 }
 
 func (pw *proxyWriter) Write(p []byte) (int, error) {
@@ -370,7 +539,15 @@ func (pw *proxyWriter) Write(p []byte) (int, error) {
 		}
 		return len(p), nil
 	}
-	if pw.head || pw.out == nil {
+	if pw.buffering {
+		if len(pw.meta)+len(p) > maxMetadataBody {
+			pw.noteFault(fmt.Errorf("%w (%d bytes)", errMetadataTooLarge, maxMetadataBody))
+			return 0, pw.fault
+		}
+		pw.meta = append(pw.meta, p...)
+		return len(p), nil
+	}
+	if pw.out == nil {
 		return len(p), nil
 	}
 	var err error
@@ -380,26 +557,22 @@ func (pw *proxyWriter) Write(p []byte) (int, error) {
 		_, err = pw.out.Write(p)
 	}
 	if err != nil {
+		if errors.Is(err, imagesource.ErrForeignObject) || errors.Is(err, errUncheckable) {
+			pw.noteFault(err)
+		}
 		return 0, err
 	}
 	return len(p), nil
 }
 
 // FlushError flushes what was passed on to the client, within
-// coalesceLatency. Held-back bytes (a possible start of a URL to rewrite)
+// coalesceLatency. Held-back bytes (a part not yet checked, metadata)
 // stay held back.
 func (pw *proxyWriter) FlushError() error {
-	if !pw.started {
+	if !pw.started || pw.out == nil {
 		return nil
 	}
-	if pw.out != nil {
-		return pw.out.FlushError()
-	}
-	err := http.NewResponseController(pw.w).Flush()
-	if errors.Is(err, http.ErrNotSupported) {
-		return nil
-	}
-	return err
+	return pw.out.FlushError()
 }
 
 // Flush is FlushError for callers that use http.Flusher.
@@ -412,16 +585,50 @@ func (pw *proxyWriter) abandon() {
 	if pw.out != nil {
 		pw.out.discard()
 	}
+	pw.meta = nil
+}
+
+// faultError is what the client gets for a PACS fault found before any
+// byte went out.
+func faultError(err error) *imagesource.Error {
+	msg := "the PACS sent an object the gateway cannot check; nothing was passed on"
+	if errors.Is(err, imagesource.ErrForeignObject) {
+		msg = "the PACS answered with data of another study or patient; nothing was passed on"
+	}
+	if errors.Is(err, errMetadataSyntax) {
+		msg = "the PACS's metadata is not valid DICOM JSON"
+	}
+	if errors.Is(err, errMetadataTooLarge) {
+		msg = fmt.Sprintf("the PACS's metadata answer is larger than the gateway checks (%d MiB)", maxMetadataBody>>20)
+	}
+	return &imagesource.Error{Status: http.StatusBadGateway, Code: "exception", Message: msg, Err: err}
 }
 
 // finish turns the proxy's outcome into Retrieve's result.
 func (pw *proxyWriter) finish(perr error) error {
+	if pw.started && pw.buffering {
+		return pw.finishMetadata(perr)
+	}
 	if pw.started {
+		if pw.fault != nil {
+			if !pw.headSent() {
+				pw.out.discard()
+				return faultError(pw.fault)
+			}
+			return fmt.Errorf("dicomweb: the answer was stopped: %w", pw.fault)
+		}
 		err := perr
 		if err != nil {
 			err = fmt.Errorf("dicomweb: the PACS's answer broke off: %w", perr)
 		} else if pw.body != nil {
 			if cerr := pw.body.Close(); cerr != nil {
+				if errors.Is(cerr, imagesource.ErrForeignObject) || errors.Is(cerr, errUncheckable) {
+					pw.noteFault(cerr)
+					if !pw.headSent() {
+						pw.out.discard()
+						return faultError(cerr)
+					}
+				}
 				if errors.Is(cerr, errTruncated) {
 					pw.src.logger.Warn("upstream answer ended early", zap.String("path", pw.relPath), zap.Int("status", pw.status))
 				}
@@ -432,7 +639,7 @@ func (pw *proxyWriter) finish(perr error) error {
 			if pw.out != nil {
 				return pw.out.close()
 			}
-			return pw.FlushError()
+			return nil
 		}
 		if pw.out != nil && !pw.out.headSent() {
 			// Nothing reached the client yet: it gets a clean error
@@ -478,25 +685,90 @@ func (pw *proxyWriter) finish(perr error) error {
 		Message: "the PACS could not be reached (" + describeNetError(perr) + ")", Err: perr}
 }
 
-// rewriteURL maps an absolute URL under the PACS's DICOMweb root onto the
-// public base; any other value is dropped (ok false).
-func (pw *proxyWriter) rewriteURL(v string) (string, bool) {
+// finishMetadata checks the gathered metadata and sends it, or refuses it
+// before any byte went out.
+func (pw *proxyWriter) finishMetadata(perr error) error {
+	body := pw.meta
+	pw.meta = nil
+	if pw.fault != nil {
+		return faultError(pw.fault)
+	}
+	if perr != nil {
+		if he, ok := errors.AsType[caddyhttp.HandlerError](perr); ok && he.StatusCode == 499 {
+			return fmt.Errorf("dicomweb: the client went away: %w", perr)
+		}
+		return &imagesource.Error{Status: http.StatusBadGateway, Code: "exception",
+			Message: "the PACS's answer broke off before any of it was sent", Err: perr}
+	}
+	out, err := checkMetadata(body, pw.req, pw.publicURL)
+	if err != nil {
+		pw.noteFault(err)
+		return faultError(err)
+	}
+	pw.sendHead(int64(len(out)))
+	if pw.head || len(out) == 0 {
+		return nil
+	}
+	if _, err := pw.w.Write(out); err != nil {
+		return fmt.Errorf("dicomweb: sending metadata: %w", err)
+	}
+	return nil
+}
+
+// headOnlyWriter answers a HEAD request: headers and flushes pass, body
+// bytes are dropped.
+type headOnlyWriter struct{ http.ResponseWriter }
+
+func (h headOnlyWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+// Unwrap lets http.ResponseController reach the client's writer.
+func (h headOnlyWriter) Unwrap() http.ResponseWriter { return h.ResponseWriter }
+
+// publicURL maps a URI the PACS wrote into its answer onto the gateway: a
+// URI under one of the PACS's DICOMweb roots (absolute, or relative to the
+// request) becomes the same path under the study's public base. Any other
+// URI is dropped (ok false): a client would follow it with its bearer
+// token, which the IG allows to go to the designated endpoints only.
+func (pw *proxyWriter) publicURL(v string) (string, bool) {
+	v = strings.TrimSpace(v)
 	for _, n := range pw.src.needles {
 		if strings.HasPrefix(v, n) {
-			return pw.repl + v[len(n):], true
+			return pw.publicRest(v[len(n):])
+		}
+	}
+	if v == "" || pw.reqURL == nil {
+		return "", false
+	}
+	u, err := url.Parse(v)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil {
+		return "", false // absolute (or scheme-relative) and not under a PACS root
+	}
+	abs := pw.reqURL.ResolveReference(u).String()
+	for _, n := range pw.src.needles {
+		if strings.HasPrefix(abs, n) {
+			return pw.publicRest(abs[len(n):])
 		}
 	}
 	return "", false
 }
 
-// jsonNeedles are the PACS URL prefixes as they may appear inside JSON
-// strings: plain, and with escaped slashes.
-func (s *Source) jsonNeedles() []string {
-	out := append([]string(nil), s.needles...)
-	for _, n := range s.needles {
-		out = append(out, strings.ReplaceAll(n, "/", `\/`))
+// publicRest puts a path relative to a PACS root under the public base.
+// A rest that could climb out of it (dot segments, also encoded; a
+// backslash) or carries a fragment, spaces or control characters is
+// dropped.
+func (pw *proxyWriter) publicRest(rest string) (string, bool) {
+	for i := 0; i < len(rest); i++ {
+		if c := rest[i]; c <= 0x20 || c >= 0x7f || c == '\\' || c == '#' || c == '"' || c == '<' || c == '>' {
+			return "", false
+		}
 	}
-	return out
+	path, _, _ := strings.Cut(rest, "?")
+	for _, seg := range strings.Split(path, "/") {
+		if seg == "." || seg == ".." || strings.Contains(strings.ToLower(seg), "%2e") || strings.Contains(strings.ToLower(seg), "%2f") {
+			return "", false
+		}
+	}
+	return pw.repl + rest, true
 }
 
 // jsonString escapes s for use inside a JSON string.

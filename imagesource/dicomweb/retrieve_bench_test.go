@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomweb"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
+	"github.com/smart-imaging/smart_imaging/internal/dicomgen"
 )
 
 // cannedProxy answers like Caddy's reverse proxy would with an upstream
@@ -52,6 +55,12 @@ func (w *sinkWriter) Flush() {}
 
 const benchBase = "http://127.0.0.1:8042/dicom-web"
 
+// Identity of the bench study.
+const (
+	benchStudyUID = "2.25.2718281828459045235360287.9.1.1"
+	benchPatient  = "BENCH-MRN-0001"
+)
+
 func benchRetrieve(b *testing.B, path, accept string, proxy *cannedProxy) {
 	src, err := dicomweb.New(dicomweb.Config{BaseURL: benchBase}, proxy, nil, nil)
 	if err != nil {
@@ -61,7 +70,8 @@ func benchRetrieve(b *testing.B, path, accept string, proxy *cannedProxy) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	req := imagesource.Retrieval{Path: wp, PublicBase: "http://127.0.0.1:8080/bench/wado/" + strings.Repeat("t", 180)}
+	req := imagesource.Retrieval{Path: wp, PublicBase: "http://127.0.0.1:8080/bench/wado/" + strings.Repeat("t", 180),
+		StudyUID: benchStudyUID, PatientIDs: []string{benchPatient}}
 	r := httptest.NewRequest(http.MethodGet, "/wado/x/"+path, nil)
 	r.Header.Set("Accept", accept)
 	b.SetBytes(int64(len(proxy.body)))
@@ -77,36 +87,57 @@ func benchRetrieve(b *testing.B, path, accept string, proxy *cannedProxy) {
 	}
 }
 
-// BenchmarkRetrieveStudyMultipart streams a 21-part, 12.6 MB study
-// through the gateway's answer filter (multipart: part headers checked for
-// PACS URLs, contents passed on).
-func BenchmarkRetrieveStudyMultipart(b *testing.B) {
+// benchInstances writes the bench study (3 series of 7 CT instances of
+// 512x512, as `go run ./bench` uploads) and returns its files' bytes.
+func benchInstances(b *testing.B) [][]byte {
+	dir := b.TempDir()
+	m, err := dicomgen.WriteStudy(dir, dicomgen.StudySpec{PatientID: benchPatient, StudyUID: benchStudyUID,
+		Series: 3, InstancesPerSeries: 7, Rows: 512, Cols: 512})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var out [][]byte
+	for _, in := range m {
+		data, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(in.File)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		out = append(out, data)
+	}
+	return out
+}
+
+func multipartStudy(parts [][]byte) (string, []byte) {
 	boundary := strings.Repeat("b", 72)
 	var body bytes.Buffer
-	part := bytes.Repeat([]byte{0x5a}, 600<<10)
-	for i := 0; i < 21; i++ {
+	for _, part := range parts {
 		fmt.Fprintf(&body, "--%s\r\nContent-Type: application/dicom\r\nContent-Length: %d\r\nMIME-Version: 1.0\r\n\r\n", boundary, len(part))
 		body.Write(part)
 		body.WriteString("\r\n")
 	}
 	fmt.Fprintf(&body, "--%s--\r\n", boundary)
-	benchRetrieve(b, "studies/2.25.1", `multipart/related; type="application/dicom"`, &cannedProxy{
-		contentType: `multipart/related; type="application/dicom"; boundary=` + boundary, body: body.Bytes()})
+	return `multipart/related; type="application/dicom"; boundary=` + boundary, body.Bytes()
 }
 
-// BenchmarkRetrieveMetadataJSON streams an 80 KB study metadata answer
-// whose BulkDataURIs are rewritten onto the gateway.
+// BenchmarkRetrieveStudyMultipart streams a 21-part, 11 MB study of real
+// CT instances through the gateway's answer filter (each part's DICOM
+// header checked, its URLs mapped, its contents passed on).
+func BenchmarkRetrieveStudyMultipart(b *testing.B) {
+	ct, body := multipartStudy(benchInstances(b))
+	benchRetrieve(b, "studies/"+benchStudyUID, `multipart/related; type="application/dicom"`, &cannedProxy{contentType: ct, body: body})
+}
+
+// BenchmarkRetrieveInstanceMultipart streams one 525 KB CT instance.
+func BenchmarkRetrieveInstanceMultipart(b *testing.B) {
+	ct, body := multipartStudy(benchInstances(b)[:1])
+	benchRetrieve(b, "studies/"+benchStudyUID+"/series/"+benchStudyUID+".1/instances/"+benchStudyUID+".1.1",
+		`multipart/related; type="application/dicom"`, &cannedProxy{contentType: ct, body: body})
+}
+
+// BenchmarkRetrieveMetadataJSON checks and passes an 80 KB study metadata
+// answer (21 instances of about 65 attributes) whose BulkDataURIs are
+// rewritten onto the gateway.
 func BenchmarkRetrieveMetadataJSON(b *testing.B) {
-	var items []string
-	for i := 0; i < 21; i++ {
-		var it strings.Builder
-		it.WriteString(`{"00080018":{"vr":"UI","Value":["2.25.1.1.` + fmt.Sprint(i) + `"]}`)
-		for t := 0; t < 60; t++ {
-			fmt.Fprintf(&it, `,"0009%04X":{"vr":"LO","Value":["value %d"]}`, t, t)
-		}
-		fmt.Fprintf(&it, `,"7FE00010":{"vr":"OW","BulkDataURI":"%s/studies/2.25.1/series/2.25.1.1/instances/2.25.1.1.%d/bulk/7fe00010"}}`, benchBase, i)
-		items = append(items, it.String())
-	}
-	body := []byte("[" + strings.Join(items, ",") + "]")
-	benchRetrieve(b, "studies/2.25.1/metadata", "application/dicom+json", &cannedProxy{contentType: "application/dicom+json", body: body})
+	body := dicomweb.BenchMetadataBody(benchBase, benchStudyUID, benchPatient)
+	benchRetrieve(b, "studies/"+benchStudyUID+"/metadata", "application/dicom+json", &cannedProxy{contentType: "application/dicom+json", body: body})
 }

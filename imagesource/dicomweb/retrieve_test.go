@@ -100,13 +100,20 @@ func retrieveSetup(t *testing.T, h http.HandlerFunc, transport http.RoundTripper
 // error answer; any other error aborts the connection.
 func gateway(t *testing.T, s *Source) *httptest.Server {
 	t.Helper()
+	return gatewayAs(t, s, []string{testPatient})
+}
+
+// gatewayAs is gateway for a caller whose PACS keys are patients (nil: an
+// unrestricted route, any patient).
+func gatewayAs(t *testing.T, s *Source, patients []string) *httptest.Server {
+	t.Helper()
 	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, err := wadopath.Parse(strings.TrimPrefix(r.URL.EscapedPath(), "/"))
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		err = s.Retrieve(w, r, imagesource.Retrieval{Path: p, PublicBase: publicBase})
+		err = s.Retrieve(w, r, imagesource.Retrieval{Path: p, PublicBase: publicBase, StudyUID: p.StudyUID, PatientIDs: patients, Unrestricted: patients == nil})
 		if err == nil {
 			return
 		}
@@ -200,8 +207,9 @@ func TestRetrieveRewritesMetadataURLs(t *testing.T) {
 	s, up, _ := retrieveSetup(t, func(w http.ResponseWriter, r *http.Request) {
 		// Like Orthanc: absolute URLs built from the Host header received.
 		pacsBase = "http://" + r.Host + "/dicom-web"
-		meta := fmt.Sprintf(`[{"00081190":{"vr":"UR","Value":["%[1]s/studies/1.2"]},`+
-			`"7FE00010":{"vr":"OW","BulkDataURI":"%[1]s/studies/1.2/series/3.4/instances/5.6/bulk/7fe00010"}}]`, pacsBase)
+		meta := fmt.Sprintf(`[{"00081190":{"vr":"UR","Value":["%[1]s/studies/1.2"]},"00100020":{"vr":"LO","Value":["%[2]s"]},`+
+			`"0020000D":{"vr":"UI","Value":["1.2"]},`+
+			`"7FE00010":{"vr":"OW","BulkDataURI":"%[1]s/studies/1.2/series/3.4/instances/5.6/bulk/7fe00010"}}]`, pacsBase, testPatient)
 		w.Header().Set("Content-Type", "application/dicom+json")
 		w.Header().Set("Content-Length", strconv.Itoa(len(meta)))
 		w.Header().Set("Content-Location", pacsBase+"/studies/1.2/metadata")
@@ -479,36 +487,38 @@ func rawUpstream(head, body string) http.HandlerFunc {
 }
 
 func TestRetrieveBrokenStreamReachesTheClientBroken(t *testing.T) {
-	const (
-		mpHead = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary=BB\r\n"
-		part   = "--BB\r\nContent-Type: application/dicom\r\n\r\nDICM-instance-bytes\r\n"
-	)
+	const mpHead = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary=BB\r\n"
+	obj := string(dicomObject("1.2", testPatient, 20))
+	part := "--BB\r\nContent-Type: application/dicom\r\n\r\n" + obj + "\r\n"
 	// A part larger than what the gateway gathers before writing: the
 	// answer has started when the PACS dies inside it.
-	big := "--BB\r\nContent-Type: application/dicom\r\nContent-Length: 900000\r\n\r\n" + strings.Repeat("p", 2*coalesceSize)
+	big := "--BB\r\nContent-Type: application/dicom\r\nContent-Length: 900000\r\n\r\n" +
+		string(dicomObject("1.2", testPatient, 900000)[:2*coalesceSize])
+	const rendered = "/studies/1.2/series/3.4/instances/5.6/rendered"
 	cases := []struct {
 		name     string
+		path     string
 		h        http.HandlerFunc
 		complete bool
 		started  bool // the break comes after bytes reached the client
 	}{
 		// Control: a complete multipart body framed by the connection close.
-		{"complete multipart, connection close", rawUpstream(mpHead, part+part+"--BB--\r\n"), true, true},
+		{"complete multipart, connection close", "/studies/1.2", rawUpstream(mpHead, part+part+"--BB--\r\n"), true, true},
 		// The PACS died before the close delimiter: EOF looks normal to
 		// HTTP, only the missing delimiter shows the truncation.
-		{"multipart without close delimiter", rawUpstream(mpHead, part+part), false, false},
-		{"multipart cut inside a part", rawUpstream(mpHead, part+"--BB\r\nContent-Type: application/dicom\r\n\r\nDICM-ins"), false, false},
+		{"multipart without close delimiter", "/studies/1.2", rawUpstream(mpHead, part+part), false, false},
+		{"multipart cut inside a part", "/studies/1.2", rawUpstream(mpHead, part+"--BB\r\nContent-Type: application/dicom\r\n\r\n"+obj[:150]), false, false},
 		// A body shorter than its Content-Length: the proxy itself aborts.
-		{"short Content-Length body", rawUpstream("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n", "JFIF-only-some-bytes"), false, false},
-		{"truncated JSON without length", rawUpstream("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/dicom+json\r\n", `[{"0020000D":{"vr":"UI","Value":["1.2"]}`), false, false},
-		{"cut inside a large part", rawUpstream(mpHead, part+big), false, true},
-		{"large image shorter than its Content-Length", rawUpstream("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 900000\r\n", strings.Repeat("j", 2*coalesceSize)), false, true},
+		{"short Content-Length body", rendered, rawUpstream("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n", "JFIF-only-some-bytes"), false, false},
+		{"truncated JSON without length", "/studies/1.2/metadata", rawUpstream("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/dicom+json\r\n", `[{"0020000D":{"vr":"UI","Value":["1.2"]}`), false, false},
+		{"cut inside a large part", "/studies/1.2", rawUpstream(mpHead, part+big), false, true},
+		{"large image shorter than its Content-Length", rendered, rawUpstream("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 900000\r\n", strings.Repeat("j", 2*coalesceSize)), false, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			s, _, _ := retrieveSetup(t, tc.h, nil)
 			gw := gateway(t, s)
-			resp, err := http.Get(gw.URL + "/studies/1.2")
+			resp, err := http.Get(gw.URL + tc.path)
 			if err != nil {
 				t.Fatal(err)
 			}

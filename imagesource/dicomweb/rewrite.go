@@ -5,11 +5,13 @@ import (
 	"errors"
 	"io"
 	"strconv"
+	"strings"
 )
 
 // errTruncated reports an upstream answer that ended before its syntax
-// did: a multipart body without its close delimiter or a JSON body with
-// open brackets. The PACS (or the connection) died mid-stream.
+// did: a multipart body without its close delimiter, or an object that
+// ended before it could be checked. The PACS (or the connection) died
+// mid-stream.
 var errTruncated = errors.New("the PACS's answer ended early")
 
 // bodyFilter is a streaming transformation of an upstream body. Close
@@ -19,88 +21,11 @@ type bodyFilter interface {
 	Close() error
 }
 
-// replacer copies to dst, replacing every occurrence of any of the needles
-// with repl, in a stream: a needle split across Write calls is still found.
-// It holds back at most the longest needle's length minus one byte.
-type replacer struct {
-	dst     io.Writer
-	needles [][]byte
-	repl    []byte
-	maxLen  int
-	hold    []byte // tail of the input that may start a needle
-	buf     []byte // hold + current input
-	out     []byte // output of one Write
-	next    []int  // per needle: index of its next match in buf, -1 none, -2 unknown
-}
-
-func newReplacer(dst io.Writer, needles []string, repl string) *replacer {
-	r := &replacer{dst: dst, repl: []byte(repl)}
-	for _, n := range needles {
-		if n == "" {
-			continue
-		}
-		r.needles = append(r.needles, []byte(n))
-		if len(n) > r.maxLen {
-			r.maxLen = len(n)
-		}
-	}
-	r.next = make([]int, len(r.needles))
-	return r
-}
-
-// Write replaces in p (with the held-back tail in front) and writes the
-// part that cannot start a needle anymore.
-func (r *replacer) Write(p []byte) (int, error) {
-	r.buf = append(append(r.buf[:0], r.hold...), p...)
-	r.hold = r.hold[:0]
-	r.out = r.out[:0]
-	data := r.buf
-	for i := range r.next {
-		r.next[i] = -2
-	}
-	pos := 0
-	for {
-		best, bestLen := -1, 0
-		for i, n := range r.needles {
-			if r.next[i] == -2 || (r.next[i] >= 0 && r.next[i] < pos) {
-				j := bytes.Index(data[pos:], n)
-				if j >= 0 {
-					j += pos
-				}
-				r.next[i] = j
-			}
-			if j := r.next[i]; j >= 0 && (best < 0 || j < best || j == best && len(n) > bestLen) {
-				best, bestLen = j, len(n)
-			}
-		}
-		if best < 0 {
-			break
-		}
-		r.out = append(r.out, data[pos:best]...)
-		r.out = append(r.out, r.repl...)
-		pos = best + bestLen
-	}
-	rest := data[pos:]
-	k := partialSuffix(rest, r.needles, r.maxLen)
-	r.out = append(r.out, rest[:len(rest)-k]...)
-	r.hold = append(r.hold, rest[len(rest)-k:]...)
-	if len(r.out) > 0 {
-		if _, err := r.dst.Write(r.out); err != nil {
-			return 0, err
-		}
-	}
-	return len(p), nil
-}
-
-// Close writes the held-back tail.
-func (r *replacer) Close() error {
-	if len(r.hold) == 0 {
-		return nil
-	}
-	_, err := r.dst.Write(r.hold)
-	r.hold = r.hold[:0]
-	return err
-}
+// objectCheck decides whether a DICOM object may be passed on, from a
+// prefix of it: ok once its header was read and it belongs to the
+// request, an error when it does not or cannot be read, neither while more
+// bytes are needed. complete says the prefix is the whole object.
+type objectCheck func(prefix []byte, complete bool) (ok bool, err error)
 
 // partialSuffix returns the length of the longest suffix of data that is a
 // proper prefix of one of the needles (0 if none).
@@ -120,74 +45,52 @@ func partialSuffix(data []byte, needles [][]byte, maxLen int) int {
 	return 0
 }
 
-// replaceAll replaces every needle in b (not streaming).
-func replaceAll(b []byte, needles []string, repl string) []byte {
-	var out bytes.Buffer
-	r := newReplacer(&out, needles, repl)
-	r.Write(b)
-	r.Close()
-	return out.Bytes()
+// objectFilter passes one DICOM object (a single-part application/dicom
+// answer) on once its header was checked; until then it holds the bytes.
+type objectFilter struct {
+	dst   io.Writer
+	check objectCheck
+	held  []byte
+	ok    bool
 }
 
-// jsonFilter rewrites URLs in a JSON body and checks, without parsing it,
-// that the body is complete: every bracket closed, no string left open.
-type jsonFilter struct {
-	rep     *replacer
-	depth   int
-	inStr   bool
-	esc     bool
-	started bool
-	broken  bool
-}
-
-func newJSONFilter(dst io.Writer, needles []string, repl string) *jsonFilter {
-	return &jsonFilter{rep: newReplacer(dst, needles, repl)}
-}
-
-func (f *jsonFilter) Write(p []byte) (int, error) {
-	for _, c := range p {
-		if f.inStr {
-			switch {
-			case f.esc:
-				f.esc = false
-			case c == '\\':
-				f.esc = true
-			case c == '"':
-				f.inStr = false
-			}
-			continue
-		}
-		switch c {
-		case '"':
-			f.inStr, f.started = true, true
-		case '[', '{':
-			f.depth++
-			f.started = true
-		case ']', '}':
-			f.depth--
-			if f.depth < 0 {
-				f.broken = true
-			}
-		case ' ', '\t', '\r', '\n':
-		default:
-			f.started = true
-		}
+func (f *objectFilter) Write(p []byte) (int, error) {
+	if f.ok {
+		return f.dst.Write(p)
 	}
-	return f.rep.Write(p)
+	f.held = append(f.held, p...)
+	ok, err := f.check(f.held, false)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		return len(p), nil
+	}
+	f.ok = true
+	held := f.held
+	f.held = nil
+	if _, err := f.dst.Write(held); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
-func (f *jsonFilter) Close() error {
-	if err := f.rep.Close(); err != nil {
+func (f *objectFilter) Close() error {
+	if f.ok {
+		return nil
+	}
+	ok, err := f.check(f.held, true)
+	if err != nil {
 		return err
 	}
-	if !f.started || f.inStr || f.depth != 0 || f.broken {
+	if !ok {
 		return errTruncated
 	}
-	return nil
+	f.ok = true
+	_, err = f.dst.Write(f.held)
+	f.held = nil
+	return err
 }
-
-// maxPartHeader bounds the header block of one multipart part.
-const maxPartHeader = 64 << 10
 
 // multipart filter states.
 const (
@@ -197,36 +100,44 @@ const (
 	mpHeaders            // in a part's header block
 	mpEpilogue           // after the close delimiter
 	mpExpectDelim        // after a part's Content-Length bytes: the delimiter must follow
+	mpCheck              // holding a part's start until its object is checked
 )
 
-// multipartFilter streams a multipart body, rewriting URLs in the part
-// header blocks only (Content-Location of frames; part contents are
-// binary and pass untouched), and checks that the close delimiter arrives.
+// multipartFilter streams a multipart body. Part contents pass untouched
+// (they are binary); in the part header blocks, URLs (Content-Location,
+// Location) are mapped by uri onto the gateway or dropped. With check
+// set, every part is a DICOM object: its header block and first bytes are
+// held until check accepts them, and a refusal stops the stream. It
+// reports a body whose close delimiter never arrives.
 type multipartFilter struct {
-	dst     io.Writer
-	dash    []byte // "--" + boundary
-	delim   []byte // "\r\n--" + boundary
-	needles []string
-	repl    string
-	state   int
-	hold    []byte
-	hdr     []byte
-	buf     []byte
-	out     []byte
-	closed  bool
+	dst   io.Writer
+	dash  []byte // "--" + boundary
+	delim []byte // "\r\n--" + boundary
+	uri   func(string) (string, bool)
+	check objectCheck
+	state int
+	hold  []byte
+	hdr   []byte
+	buf   []byte
+	out   []byte
+	// partHdr is the filtered header block of the part being checked,
+	// part its content so far; spare is part's other buffer (they swap
+	// when a checked part is passed on, so neither is reallocated).
+	partHdr, part, spare []byte
+	closed               bool
 	// skip is how many body bytes of the current part still pass on
 	// unscanned: a part whose header gives its Content-Length is copied,
 	// not searched for the boundary (pixel data is most of a study).
 	skip int64
 }
 
-func newMultipartFilter(dst io.Writer, boundary string, needles []string, repl string) *multipartFilter {
+func newMultipartFilter(dst io.Writer, boundary string, uri func(string) (string, bool), check objectCheck) *multipartFilter {
 	return &multipartFilter{
-		dst:     dst,
-		dash:    []byte("--" + boundary),
-		delim:   []byte("\r\n--" + boundary),
-		needles: needles,
-		repl:    repl,
+		dst:   dst,
+		dash:  []byte("--" + boundary),
+		delim: []byte("\r\n--" + boundary),
+		uri:   uri,
+		check: check,
 	}
 }
 
@@ -330,10 +241,36 @@ loop:
 			}
 			end := from + j + 4
 			f.skip = partLength(f.hdr[:end])
-			f.out = append(f.out, replaceAll(f.hdr[:end], f.needles, f.repl)...)
-			data = f.hdr[end:]
-			f.hdr = nil
-			f.state = mpBody
+			if f.check == nil {
+				f.out = f.filterHeader(f.out, f.hdr[:end])
+				data = f.hdr[end:]
+				f.state = mpBody
+				continue
+			}
+			// Hold the part until its object is checked, with the framing
+			// before it: a first part refused leaves nothing sent.
+			f.partHdr = f.filterHeader(append(f.partHdr[:0], f.out...), f.hdr[:end])
+			f.out = f.out[:0]
+			f.part = append(f.part[:0], f.hdr[end:]...)
+			data = nil
+			f.state = mpCheck
+			ok, err := f.checkPart()
+			if err != nil {
+				return 0, err
+			}
+			if ok {
+				data = f.passPart()
+			}
+		case mpCheck:
+			f.part = append(f.part, data...)
+			data = nil
+			ok, err := f.checkPart()
+			if err != nil {
+				return 0, err
+			}
+			if ok {
+				data = f.passPart()
+			}
 		case mpEpilogue:
 			f.out = append(f.out, data...)
 			data = nil
@@ -347,21 +284,88 @@ loop:
 	return len(p), nil
 }
 
-// Close writes what was held back and reports a body that never reached
-// its close delimiter.
+// checkPart runs the check on the held start of the current part: up to
+// its Content-Length, or up to the delimiter when the part has none.
+func (f *multipartFilter) checkPart() (bool, error) {
+	avail, complete := f.part, false
+	if f.skip > 0 {
+		if int64(len(avail)) >= f.skip {
+			avail, complete = avail[:f.skip], true
+		}
+	} else if i := bytes.Index(avail, f.delim); i >= 0 {
+		avail, complete = avail[:i], true
+	} else {
+		avail = avail[:len(avail)-partialSuffix(avail, [][]byte{f.delim}, len(f.delim))]
+	}
+	return f.check(avail, complete)
+}
+
+// passPart releases a checked part: its header block goes out and its
+// held bytes are returned to be streamed as the part's content.
+func (f *multipartFilter) passPart() []byte {
+	f.out = append(f.out, f.partHdr...)
+	held := f.part
+	f.part, f.spare = f.spare[:0], held
+	f.state = mpBody
+	return held
+}
+
+// filterHeader appends the header block hdr to dst, with each
+// Content-Location or Location mapped by f.uri, or dropped (with any
+// folded continuation lines) when it does not map.
+func (f *multipartFilter) filterHeader(dst, hdr []byte) []byte {
+	dropping := false
+	for len(hdr) > 0 {
+		line := hdr
+		if i := bytes.Index(hdr, []byte("\r\n")); i >= 0 {
+			line, hdr = hdr[:i+2], hdr[i+2:]
+		} else {
+			hdr = nil
+		}
+		if len(line) > 2 && (line[0] == ' ' || line[0] == '\t') {
+			if !dropping {
+				dst = append(dst, line...)
+			}
+			continue
+		}
+		dropping = false
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if ok {
+			switch n := strings.TrimSpace(string(name)); {
+			case strings.EqualFold(n, "Content-Location"), strings.EqualFold(n, "Location"):
+				dropping = true
+				if u, ok := f.uri(strings.TrimSpace(string(value))); ok {
+					dst = append(dst, n...)
+					dst = append(dst, ": "...)
+					dst = append(dst, u...)
+					dst = append(dst, "\r\n"...)
+				}
+				continue
+			}
+		}
+		dst = append(dst, line...)
+	}
+	return dst
+}
+
+// Close writes what was held back of the framing and reports a body that
+// never reached its close delimiter. A part still held for its check is
+// not written: it was never checked.
 func (f *multipartFilter) Close() error {
-	rest := append(f.hold, f.hdr...)
-	f.hold, f.hdr = nil, nil
-	if len(rest) > 0 {
-		if _, err := f.dst.Write(rest); err != nil {
+	if len(f.hold) > 0 && f.state != mpCheck {
+		if _, err := f.dst.Write(f.hold); err != nil {
 			return err
 		}
 	}
+	f.hold, f.hdr, f.part, f.spare = nil, nil, nil, nil
 	if !f.closed {
 		return errTruncated
 	}
 	return nil
 }
+
+// maxPartHeader bounds the header block of one multipart part.
+const maxPartHeader = 64 << 10
 
 // errPartLength reports a part whose bytes do not end where its
 // Content-Length says: the stream is aborted rather than passing the rest

@@ -8,28 +8,6 @@ import (
 	"testing"
 )
 
-// refReplace is the obvious non-streaming replacement: at each position the
-// longest needle that starts there is replaced, left to right.
-func refReplace(s string, needles []string, repl string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		best := ""
-		for _, n := range needles {
-			if strings.HasPrefix(s[i:], n) && len(n) > len(best) {
-				best = n
-			}
-		}
-		if best != "" {
-			b.WriteString(repl)
-			i += len(best)
-			continue
-		}
-		b.WriteByte(s[i])
-		i++
-	}
-	return b.String()
-}
-
 // writeSplit writes in to w in chunks cut at the given positions.
 func writeSplit(t *testing.T, w interface{ Write([]byte) (int, error) }, in string, cuts ...int) {
 	t.Helper()
@@ -43,62 +21,16 @@ func writeSplit(t *testing.T, w interface{ Write([]byte) (int, error) }, in stri
 	}
 }
 
-func TestReplacerEverySplit(t *testing.T) {
-	needles := []string{"http://127.0.0.1:18042/dicom-web/", "https://127.0.0.1:18042/dicom-web/"}
-	const repl = "https://gw.example/wado/TOKEN/"
-	inputs := []string{
-		"",
-		"http://127.0.0.1:18042/dicom-web/",
-		`{"BulkDataURI":"http://127.0.0.1:18042/dicom-web/studies/1/bulk/7fe00010"}`,
-		`["https://127.0.0.1:18042/dicom-web/studies/1","http://127.0.0.1:18042/dicom-web/studies/2"]`,
-		// Near misses must pass untouched.
-		`"http://127.0.0.1:18042/dicom-webX/" "http://127.0.0.1:18043/dicom-web/" "http://127.0.0.1:18042/dicom-web"`,
-		// A near miss right before a hit, and back-to-back hits.
-		"http://127.0.0.1:18042/dicom-http://127.0.0.1:18042/dicom-web/x" +
-			"http://127.0.0.1:18042/dicom-web/http://127.0.0.1:18042/dicom-web/",
-		"hhttp://127.0.0.1:18042/dicom-web/h",
-		"ends with a prefix http://127.0.0.1:18042/dic",
-	}
-	for _, in := range inputs {
-		want := refReplace(in, needles, repl)
-		// One cut at every position (the needle split across every
-		// possible chunk boundary), and two cuts at every pair.
-		for i := 0; i <= len(in); i++ {
-			for j := i; j <= len(in); j++ {
-				var out bytes.Buffer
-				r := newReplacer(&out, needles, repl)
-				writeSplit(t, r, in, i, j)
-				if err := r.Close(); err != nil {
-					t.Fatal(err)
-				}
-				if got := out.String(); got != want {
-					t.Fatalf("input %q cut at %d,%d:\n got %q\nwant %q", in, i, j, got, want)
-				}
+// prefixURI maps URLs under needles onto repl, and drops the others, as
+// proxyWriter.publicURL does for absolute URLs.
+func prefixURI(needles []string, repl string) func(string) (string, bool) {
+	return func(v string) (string, bool) {
+		for _, n := range needles {
+			if strings.HasPrefix(v, n) {
+				return repl + v[len(n):], true
 			}
 		}
-		// One byte at a time.
-		var out bytes.Buffer
-		r := newReplacer(&out, needles, repl)
-		for k := 0; k < len(in); k++ {
-			r.Write([]byte{in[k]})
-		}
-		r.Close()
-		if out.String() != want {
-			t.Fatalf("input %q byte by byte: got %q want %q", in, out.String(), want)
-		}
-	}
-}
-
-func TestReplacerHoldsBackOnlyAPossibleNeedleStart(t *testing.T) {
-	var out bytes.Buffer
-	r := newReplacer(&out, []string{"http://pacs/dicom-web/"}, "X/")
-	r.Write([]byte("0123456789 http://pa"))
-	if got := out.String(); got != "0123456789 " {
-		t.Fatalf("written before the needle could complete: %q, want %q", got, "0123456789 ")
-	}
-	r.Write([]byte("ss-through."))
-	if got := out.String(); got != "0123456789 http://pass-through." {
-		t.Fatalf("after a near miss: %q", got)
+		return "", false
 	}
 }
 
@@ -127,7 +59,7 @@ func TestMultipartFilterEverySplit(t *testing.T) {
 		for i := 0; i <= len(in); i++ {
 			for _, j := range []int{i, (i + len(in)) / 2, len(in)} {
 				var out bytes.Buffer
-				f := newMultipartFilter(&out, testBoundary, needles, repl)
+				f := newMultipartFilter(&out, testBoundary, prefixURI(needles, repl), nil)
 				writeSplit(t, f, in, i, j)
 				if err := f.Close(); err != nil {
 					t.Fatalf("cut %d,%d: Close: %v", i, j, err)
@@ -145,7 +77,7 @@ func TestMultipartFilterReportsMissingCloseDelimiter(t *testing.T) {
 	closeAt := strings.LastIndex(body, "--"+testBoundary+"--") + len("--"+testBoundary+"--")
 	for n := 0; n <= len(body); n++ {
 		var out bytes.Buffer
-		f := newMultipartFilter(&out, testBoundary, nil, "")
+		f := newMultipartFilter(&out, testBoundary, prefixURI(nil, ""), nil)
 		f.Write([]byte(body[:n]))
 		err := f.Close()
 		complete := n >= closeAt
@@ -155,30 +87,11 @@ func TestMultipartFilterReportsMissingCloseDelimiter(t *testing.T) {
 		if !complete && !errors.Is(err, errTruncated) {
 			t.Errorf("body cut at %d of %d bytes: Close = %v, want errTruncated", n, len(body), err)
 		}
-		if out.String() != body[:n] {
-			t.Errorf("cut at %d: the bytes were not passed on unchanged", n)
+		// What went out is what came in, but for a part header block
+		// that never ended (it is held back, never checked).
+		if got := out.String(); !strings.HasPrefix(body[:n], got) || len(body[:n])-len(got) > len("\r\nContent-Type: application/dicom\r\n\r") {
+			t.Errorf("cut at %d: passed on %q of %q", n, got, body[:n])
 		}
-	}
-}
-
-func TestJSONFilterReportsTruncation(t *testing.T) {
-	body := `[{"00081190":{"vr":"UR","Value":["http://pacs/dicom-web/studies/1"]},"x":"a\"]}"}]` + "\n"
-	for n := 0; n <= len(body); n++ {
-		var out bytes.Buffer
-		f := newJSONFilter(&out, []string{"http://pacs/dicom-web/"}, "https://gw/w/T/")
-		f.Write([]byte(body[:n]))
-		err := f.Close()
-		complete := n >= len(body)-1
-		if complete != (err == nil) {
-			t.Errorf("JSON cut at %d of %d: Close = %v, complete = %v", n, len(body), err, complete)
-		}
-	}
-	var out bytes.Buffer
-	f := newJSONFilter(&out, []string{"http://pacs/dicom-web/"}, "https://gw/w/T/")
-	f.Write([]byte(body))
-	f.Close()
-	if !strings.Contains(out.String(), `"https://gw/w/T/studies/1"`) || strings.Contains(out.String(), "pacs") {
-		t.Errorf("URL not rewritten: %s", out.String())
 	}
 }
 
@@ -198,7 +111,7 @@ func TestMultipartFilterPartLengthMismatch(t *testing.T) {
 			part("Content-Location: http://127.0.0.1:18042/dicom-web/studies/1", content) +
 			"--" + testBoundary + "--\r\n"
 		var out bytes.Buffer
-		f := newMultipartFilter(&out, testBoundary, needles, "https://gw/")
+		f := newMultipartFilter(&out, testBoundary, prefixURI(needles, "https://gw/"), nil)
 		_, err := f.Write([]byte(body))
 		if err == nil {
 			err = f.Close()

@@ -44,6 +44,9 @@ func (s *Source) Retrieve(w http.ResponseWriter, r *http.Request, req imagesourc
 	if err != nil {
 		return err
 	}
+	if err := checkSelection(req, insts); err != nil {
+		return err
+	}
 	base := strings.TrimRight(req.PublicBase, "/")
 	switch p.Resource {
 	case wadopath.Objects:
@@ -58,6 +61,22 @@ func (s *Source) Retrieve(w http.ResponseWriter, r *http.Request, req imagesourc
 		return s.serveBulk(w, r, p, insts[0])
 	}
 	return imagesource.Errorf(http.StatusNotFound, "not-found", "resource %q is not served", p.Resource)
+}
+
+// checkSelection holds the files about to be served to the Retrieval's
+// contract, as the dicomweb source holds a PACS's answers: each file's
+// header (as indexed) must name the request's study and one of the
+// patient's PatientIDs. A file that does not is not the caller's: 403,
+// before anything is written.
+func checkSelection(req imagesource.Retrieval, insts []*instance) error {
+	for _, inst := range insts {
+		err := req.CheckObject(inst.attrs.Strings(dicomjson.TagStudyInstanceUID), inst.attrs.Strings(dicomjson.TagPatientID))
+		if err != nil {
+			return &imagesource.Error{Status: http.StatusForbidden, Code: "forbidden",
+				Message: "the study's files do not belong to the patient this access token is bound to", Err: err}
+		}
+	}
+	return nil
 }
 
 func isHead(r *http.Request) bool { return r.Method == http.MethodHead }

@@ -62,7 +62,7 @@ func do(t *testing.T, s *Source, rq request) (*httptest.ResponseRecorder, error)
 		r.Header.Add("Accept", a)
 	}
 	rec := httptest.NewRecorder()
-	err = s.Retrieve(rec, r, imagesource.Retrieval{Path: p, PublicBase: publicBase, MaxRenderSize: rq.maxRender})
+	err = s.Retrieve(rec, r, imagesource.Retrieval{Path: p, PublicBase: publicBase, MaxRenderSize: rq.maxRender, StudyUID: p.StudyUID, Unrestricted: true})
 	return rec, err
 }
 
@@ -598,5 +598,52 @@ func TestReplacedFileIsNotServed(t *testing.T) {
 		if err == nil || rec.Body.Len() != 0 {
 			t.Errorf("%s: a replaced file was served (err %v, %d bytes)", suffix, err, rec.Body.Len())
 		}
+	}
+}
+
+// The folder source holds its files to the same contract as a PACS's
+// answers: served only when their headers name the request's study and
+// one of the patient's PatientIDs, whatever the path.
+func TestRetrieveChecksStudyAndPatient(t *testing.T) {
+	s, _ := openTree(t)
+	for _, tc := range []struct {
+		name     string
+		path     string
+		study    string
+		patients []string
+		any      bool
+		want     int // 0: served
+	}{
+		{"the patient's study", "studies/" + studyA, studyA, []string{"PAT-1"}, false, 0},
+		{"one of the patient's keys", "studies/" + studyA + "/metadata", studyA, []string{"X", "PAT-1"}, false, 0},
+		{"unrestricted", "studies/" + studyB, studyB, nil, true, 0},
+		{"another patient's study", "studies/" + studyB, studyB, []string{"PAT-1"}, false, 403},
+		{"PatientID differing in case", "studies/" + studyC + "/metadata", studyC, []string{"PAT-1"}, false, 403},
+		{"another patient's frames", "studies/" + studyB + "/series/" + seriesB1 + "/instances/" + instB1 + "/frames/1", studyB, []string{"PAT-1"}, false, 403},
+		{"no keys at all", "studies/" + studyA, studyA, nil, false, 403},
+		{"the token's study is not the path's", "studies/" + studyA, studyB, nil, true, 403},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := wadopath.Parse(tc.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := httptest.NewRecorder()
+			err = s.Retrieve(rec, httptest.NewRequest(http.MethodGet, "/x", nil), imagesource.Retrieval{
+				Path: p, PublicBase: publicBase, StudyUID: tc.study, PatientIDs: tc.patients, Unrestricted: tc.any})
+			if tc.want == 0 {
+				if err != nil || rec.Code != 200 || rec.Body.Len() == 0 {
+					t.Fatalf("err %v, HTTP %d, %d bytes; want the answer", err, rec.Code, rec.Body.Len())
+				}
+				return
+			}
+			e, ok := imagesource.AsError(err)
+			if !ok || e.Status != tc.want || !errors.Is(err, imagesource.ErrForeignObject) {
+				t.Fatalf("err = %v, want %d", err, tc.want)
+			}
+			if rec.Body.Len() != 0 || len(rec.Header()) != 0 {
+				t.Errorf("something was written: %v %d bytes", rec.Header(), rec.Body.Len())
+			}
+		})
 	}
 }
