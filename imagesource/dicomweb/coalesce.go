@@ -52,6 +52,11 @@ type coalescer struct {
 	// call: the proxy then stops copying.
 	err    error
 	closed bool
+	// whole is set when the PACS declared a Content-Length that fits the
+	// buffer: flush requests are then not honoured, the answer is gathered
+	// whole and goes out at close. Whether a short body becomes a clean
+	// 502 or a broken transfer then never depends on timing.
+	whole bool
 }
 
 func newCoalescer(w http.ResponseWriter, sendHead func(length int64)) *coalescer {
@@ -112,7 +117,7 @@ func (c *coalescer) Write(p []byte) (int, error) {
 func (c *coalescer) FlushError() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.err != nil || c.closed {
+	if c.err != nil || c.closed || c.whole {
 		return c.err
 	}
 	if c.timer == nil {

@@ -467,6 +467,10 @@ func (pw *proxyWriter) WriteHeader(code int) {
 		return
 	}
 	pw.out = newCoalescer(dst, pw.sendHead)
+	if n, err := strconv.ParseInt(pw.header.Get("Content-Length"), 10, 64); err == nil && n >= 0 && n <= coalesceSize {
+		// A small answer of known length is sent whole or not at all.
+		pw.out.whole = true
+	}
 	switch mode {
 	case modeMultipart:
 		pw.body = newMultipartFilter(pw.out, boundary, pw.publicURL, nil)

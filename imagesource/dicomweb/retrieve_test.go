@@ -10,6 +10,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"strconv"
@@ -594,5 +595,43 @@ func TestRetrieveRefusesBadPublicBase(t *testing.T) {
 	}
 	if len(up.reqs) != 0 {
 		t.Error("the PACS was called")
+	}
+}
+
+// A small answer of known length that the PACS cuts short is a clean 502
+// however slowly its bytes arrive: the gateway gathers it whole before the
+// status line goes out. The PACS here sends part of the body and dies only
+// once the client has seen response headers (or after a bound, if it never
+// does): a gateway that flushed the start of the answer early would answer
+// 200 and break.
+func TestRetrieveSlowShortAnswerIsACleanError(t *testing.T) {
+	headersSeen := make(chan struct{})
+	upstream := func(w http.ResponseWriter, r *http.Request) {
+		conn, buf, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			panic(err)
+		}
+		defer conn.Close()
+		buf.WriteString("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\nJFIF-only-some-bytes")
+		buf.Flush()
+		select {
+		case <-headersSeen:
+		case <-time.After(200 * time.Millisecond): // far past the 2 ms flush latency
+		}
+	}
+	s, _, _ := retrieveSetup(t, upstream, nil)
+	gw := gateway(t, s)
+	req, _ := http.NewRequest(http.MethodGet, gw.URL+"/studies/1.2/series/3.4/instances/5.6/rendered", nil)
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		GotFirstResponseByte: func() { close(headersSeen) },
+	}))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || err != nil {
+		t.Fatalf("status %d, read error %v; want a clean 502", resp.StatusCode, err)
 	}
 }
