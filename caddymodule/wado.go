@@ -63,10 +63,18 @@ func (h *Handler) serveWADO(w http.ResponseWriter, r *http.Request, rest string)
 		defer func() {
 			metricSourceDuration.WithLabelValues(h.metricRoute(r), "retrieve").Observe(time.Since(start).Seconds())
 		}()
-		err = h.source.Retrieve(w, r, imagesource.Retrieval{
-			Path:       wp,
-			PublicBase: h.publicBase(r) + "/wado/" + token,
-		})
+		ret := imagesource.Retrieval{
+			Path:         wp,
+			PublicBase:   h.publicBase(r) + "/wado/" + token,
+			StudyUID:     claims.StudyUID,
+			Unrestricted: p.Unrestricted,
+		}
+		if !p.Unrestricted {
+			if ret.PatientIDs, err = h.authorizer.PatientKeys(r.Context(), p); err != nil {
+				return h.fail(w, r, err)
+			}
+		}
+		err = h.source.Retrieve(w, r, ret)
 		if err != nil {
 			if _, ok := imagesource.AsError(err); ok {
 				return h.fail(w, r, err)

@@ -71,6 +71,15 @@ type Retrieval struct {
 	// root for this study token (".../wado/{token}"); URLs in answers
 	// (BulkDataURI, RetrieveURL, Content-Location) are rewritten onto it.
 	PublicBase string
+	// StudyUID is the study the study token names (the path's study).
+	StudyUID string
+	// PatientIDs are the caller's exact PACS keys. A source that receives
+	// instances (dimse) checks every one against them before it is stored
+	// or sent.
+	PatientIDs []string
+	// Unrestricted is set on routes without patient binding: no PatientID
+	// check applies.
+	Unrestricted bool
 }
 
 // Source is an image back end.

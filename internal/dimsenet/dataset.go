@@ -46,9 +46,23 @@ func encodeIdentifier(keys []Key, implicit bool) ([]byte, error) {
 		}
 	}
 	for _, k := range sorted {
-		vals := []string{}
+		var vals any = []string{}
 		if k.Value != "" {
 			vals = []string{k.Value}
+		}
+		if info, err := tag.Find(k.Tag); err == nil && len(info.VRs) > 0 {
+			switch info.VRs[0] {
+			case "US", "UL", "SS", "SL", "UV", "SV":
+				if k.Value != "" {
+					return nil, fmt.Errorf("identifier key %v: only return keys of binary VRs", k.Tag)
+				}
+				vals = []int{}
+			case "FL", "FD":
+				if k.Value != "" {
+					return nil, fmt.Errorf("identifier key %v: only return keys of binary VRs", k.Tag)
+				}
+				vals = []float64{}
+			}
 		}
 		e, err := dicom.NewElement(k.Tag, vals)
 		if err != nil {
