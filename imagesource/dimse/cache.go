@@ -44,6 +44,7 @@ type cache struct {
 
 	mu      sync.Mutex
 	used    int64
+	peak    int64             // the most bytes ever reserved at once
 	studies map[string]*entry // shareable entries by study UID
 	all     map[*entry]bool
 	space   chan struct{} // closed (and replaced) when room may have been freed
@@ -331,6 +332,7 @@ func (c *cache) reserve(ctx context.Context, e *entry, n int64) error {
 		}
 		if c.used+n <= c.limit {
 			c.used += n
+			c.peak = max(c.peak, c.used)
 			e.bytes += n
 			return nil
 		}
@@ -376,11 +378,18 @@ func (c *cache) unreserve(e *entry, n int64) {
 	c.signalSpaceLocked()
 }
 
-// usage reports the bytes reserved and the entries held.
-func (c *cache) usage() (int64, int) {
+// Usage is the state of a source's cache.
+type Usage struct {
+	// Bytes are reserved now (files on disk and instances arriving); Peak
+	// is the most ever reserved at once; Studies are the entries held.
+	Bytes, Peak int64
+	Studies     int
+}
+
+func (c *cache) usage() Usage {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.used, len(c.all)
+	return Usage{Bytes: c.used, Peak: c.peak, Studies: len(c.all)}
 }
 
 // allowPatient checks an arriving instance's patient against the entry:

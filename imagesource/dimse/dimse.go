@@ -155,6 +155,12 @@ func checkAE(ae string) error {
 	return nil
 }
 
+// CacheUsage reports the cache's bytes and studies (benchmarks, tests).
+func (s *Source) CacheUsage() Usage { return s.cache.usage() }
+
+// CacheDir is the source's private cache directory.
+func (s *Source) CacheDir() string { return s.cache.root }
+
 // ListenAddr is the receiver's address (nil without C-MOVE).
 func (s *Source) ListenAddr() net.Addr {
 	if s.ln == nil {

@@ -56,13 +56,16 @@ func (s *Source) Retrieve(w http.ResponseWriter, r *http.Request, req imagesourc
 	defer s.cache.release(e, cur)
 
 	if streaming {
+		if !s.allowed(e, req) {
+			return errOtherPatient
+		}
 		return s.stream(w, r, e, cur, req)
 	}
 	if err := s.cache.wait(r.Context(), e); err != nil {
 		return s.retrieveError(err)
 	}
 	if !s.allowed(e, req) {
-		return imagesource.Errorf(http.StatusForbidden, "forbidden", "the study's instances belong to another patient than this address's")
+		return errOtherPatient
 	}
 	src, err := e.source()
 	if err != nil {
@@ -70,6 +73,10 @@ func (s *Source) Retrieve(w http.ResponseWriter, r *http.Request, req imagesourc
 	}
 	return src.Retrieve(w, r, req)
 }
+
+// errOtherPatient refuses a caller whose keys do not cover the patient of
+// the instances the PACS sent for the study.
+var errOtherPatient = imagesource.Errorf(http.StatusForbidden, "forbidden", "the study's instances belong to another patient than this address's")
 
 // allowed reports whether the caller's keys cover the patient of the
 // entry's instances (they all have the same one).
@@ -101,6 +108,7 @@ func (s *Source) retrieveError(err error) error {
 // stream sends the study's (or series') instances as they arrive.
 func (s *Source) stream(w http.ResponseWriter, r *http.Request, e *entry, cur *cursor, req imagesource.Retrieval) error {
 	pw := folder.NewPartWriter(w)
+	foreign := 0
 	for {
 		f, err := s.cache.next(r.Context(), e, cur)
 		if err != nil {
@@ -112,9 +120,11 @@ func (s *Source) stream(w http.ResponseWriter, r *http.Request, e *entry, cur *c
 		if f == nil {
 			break
 		}
-		send := (req.Path.SeriesUID == "" || f.seriesUID == req.Path.SeriesUID) &&
-			(req.Unrestricted || slices.Contains(req.PatientIDs, f.patientID))
-		if send {
+		mine := req.Unrestricted || slices.Contains(req.PatientIDs, f.patientID)
+		if !mine {
+			foreign++
+		}
+		if mine && (req.Path.SeriesUID == "" || f.seriesUID == req.Path.SeriesUID) {
 			if err := pw.WriteFile(f.path); err != nil {
 				return err
 			}
@@ -122,6 +132,9 @@ func (s *Source) stream(w http.ResponseWriter, r *http.Request, e *entry, cur *c
 		s.cache.advance(e, cur)
 	}
 	if !pw.Started() {
+		if foreign > 0 {
+			return errOtherPatient
+		}
 		if req.Path.SeriesUID != "" {
 			return imagesource.Errorf(http.StatusNotFound, "not-found", "series %s is not in study %s", req.Path.SeriesUID, req.Path.StudyUID)
 		}
