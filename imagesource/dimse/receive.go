@@ -3,6 +3,7 @@ package dimse
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -44,7 +45,10 @@ func peekIdentity(r io.Reader, ts string) (identity, []byte, error) {
 		if err != nil && !eof {
 			return identity{}, buf, err
 		}
-		id, complete := parseIdentity(buf, ts)
+		id, complete, perr := parseIdentity(buf, ts)
+		if perr != nil {
+			return id, buf, perr
+		}
 		if complete || eof {
 			if id.studyUID == "" || id.sopUID == "" {
 				return id, buf, errNoIdentity
@@ -59,31 +63,47 @@ func peekIdentity(r io.Reader, ts string) (identity, []byte, error) {
 }
 
 // parseIdentity parses what it can of a data set's start; complete is set
-// once an element past (0020,000E) was read, so no identifying attribute
-// can follow.
-func parseIdentity(b []byte, ts string) (id identity, complete bool) {
+// once an element past (0020,000E) begins, so no identifying attribute can
+// follow. The start is walked first (dimsenet.Walk) and only whole,
+// length-checked elements reach the DICOM library.
+func parseIdentity(b []byte, ts string) (id identity, complete bool, err error) {
 	defer func() {
-		if recover() != nil {
-			complete = false
+		if r := recover(); r != nil {
+			complete, err = false, fmt.Errorf("%w: cannot parse data set: %v", dimsenet.ErrProtocol, r)
 		}
 	}()
+	implicit, ok := dimsenet.Implicit(ts)
+	if !ok {
+		return id, false, fmt.Errorf("%w: transfer syntax %q is not accepted", dimsenet.ErrProtocol, ts)
+	}
+	cut, werr := dimsenet.Walk(bytes.NewReader(b), 0, int64(len(b)), implicit, func(g, e uint16, _ int64) bool {
+		if g > 0x0020 || g == 0x0020 && e > 0x000E {
+			complete = true
+			return false
+		}
+		return true
+	})
+	switch {
+	case werr == nil:
+	case errors.Is(werr, dimsenet.ErrTruncated):
+		complete = false
+	default:
+		return id, false, werr
+	}
 	var whole bytes.Buffer
 	if err := dimsenet.WritePart10Header(&whole, "1.2.840.10008.5.1.4.1.1.7", "1.2.3", ts, ""); err != nil {
-		return id, false
+		return id, false, err
 	}
-	whole.Write(b)
+	whole.Write(b[:cut])
 	p, err := dicom.NewParser(bytes.NewReader(whole.Bytes()), int64(whole.Len()), nil,
 		dicom.SkipPixelData(), dicom.AllowUnknownSpecificCharacterSet())
 	if err != nil {
-		return id, false
+		return id, false, fmt.Errorf("%w: %v", dimsenet.ErrProtocol, err)
 	}
 	for {
 		e, err := p.Next()
 		if err != nil {
-			return id, false
-		}
-		if e.Tag.Group == 0x0002 {
-			continue
+			break
 		}
 		switch e.Tag {
 		case tag.StudyInstanceUID:
@@ -97,10 +117,8 @@ func parseIdentity(b []byte, ts string) (id identity, complete bool) {
 		case tag.IssuerOfPatientID:
 			id.issuer = allStrings(e)
 		}
-		if e.Tag.Group > 0x0020 || e.Tag.Group == 0x0020 && e.Tag.Element > 0x000E {
-			return id, true
-		}
 	}
+	return id, complete, nil
 }
 
 func firstString(e *dicom.Element) string {
@@ -192,8 +210,13 @@ func (s *Source) receive(e *entry, req dimsenet.StoreRequest, id identity, prefi
 	if err != nil {
 		return fail(dimsenet.StatusOutOfResources, err)
 	}
-	// The stored file, read as the folder source reads it, must say the
-	// same.
+	// The whole stored data set must be well formed (no length the DICOM
+	// library would allocate blindly), and, read as the folder source
+	// reads it, say the same.
+	if err := checkStored(tmp.Name(), req.TransferSyntax); err != nil {
+		s.cache.refuse(e)
+		return fail(dimsenet.StatusRefused, fmt.Errorf("instance %s: %w", req.SOPInstance, err))
+	}
 	got, err := folder.Identify(tmp.Name())
 	if err != nil || got.StudyUID != id.studyUID || got.SOPUID != id.sopUID || got.SeriesUID != id.seriesUID ||
 		got.PatientID != id.patientID || got.IssuerOfPatientID != id.issuer {
@@ -210,6 +233,30 @@ func (s *Source) receive(e *entry, req dimsenet.StoreRequest, id identity, prefi
 		s.cache.unreserve(e, rw.total)
 	}
 	return dimsenet.StatusSuccess
+}
+
+// checkStored walks the data set of a stored Part 10 file.
+func checkStored(path, ts string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	var hdr [144]byte
+	if _, err := f.ReadAt(hdr[:], 0); err != nil {
+		return err
+	}
+	start := int64(144) + int64(binary.LittleEndian.Uint32(hdr[140:144]))
+	implicit, _ := dimsenet.Implicit(ts)
+	end, err := dimsenet.Walk(f, start, fi.Size(), implicit, nil)
+	if err == nil && end != fi.Size() {
+		err = fmt.Errorf("%w: trailing bytes after the data set", dimsenet.ErrProtocol)
+	}
+	return err
 }
 
 // storeGot receives a C-STORE sub-operation of this entry's C-GET.

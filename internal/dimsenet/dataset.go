@@ -90,6 +90,13 @@ func DecodeDataSet(b []byte, ts string) (ds dicom.Dataset, err error) {
 			ds, err = dicom.Dataset{}, fmt.Errorf("%w: cannot parse data set: %v", ErrProtocol, r)
 		}
 	}()
+	implicit, ok := Implicit(ts)
+	if !ok {
+		return dicom.Dataset{}, fmt.Errorf("%w: data set in unsupported transfer syntax %q", ErrProtocol, ts)
+	}
+	if _, err := Walk(bytes.NewReader(b), 0, int64(len(b)), implicit, nil); err != nil {
+		return dicom.Dataset{}, fmt.Errorf("%w: malformed data set: %v", ErrProtocol, err)
+	}
 	var whole bytes.Buffer
 	if err := WritePart10Header(&whole, "1.2.840.10008.5.1.4.1.2.2.1", "1.2.3", ts, ""); err != nil {
 		return dicom.Dataset{}, err

@@ -142,7 +142,7 @@ func acceptTransferSyntax(offered []string) string {
 		}
 	}
 	for _, ts := range offered {
-		if ts != "" && ts != ExplicitVRBigEndian {
+		if _, ok := Implicit(ts); ok {
 			return ts
 		}
 	}
