@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"time"
 
@@ -67,6 +68,27 @@ func (m *DIMSEImages) Provision(ctx caddy.Context) error {
 		}
 	}
 	repl := caddy.NewReplacer()
+	var listen func() (net.Listener, error)
+	if m.RetrieveMethod == dimse.CMove && m.Listen != "" {
+		// Caddy's listener pool keeps the socket across config reloads;
+		// it is opened with the first C-MOVE, not here (caddy validate
+		// provisions too).
+		na, err := caddy.ParseNetworkAddressWithDefaults(repl.ReplaceKnown(m.Listen, ""), "tcp", 11112)
+		if err != nil || na.PortRangeSize() != 1 {
+			return fmt.Errorf("images dimse: listen %q: want one host:port such as :11112", m.Listen)
+		}
+		listen = func() (net.Listener, error) {
+			l, err := na.Listen(ctx, 0, net.ListenConfig{})
+			if err != nil {
+				return nil, err
+			}
+			ln, ok := l.(net.Listener)
+			if !ok {
+				return nil, fmt.Errorf("listen %s: not a stream listener", na)
+			}
+			return ln, nil
+		}
+	}
 	src, err := dimse.New(dimse.Config{
 		Addr:            repl.ReplaceKnown(m.Address, ""),
 		CalledAE:        repl.ReplaceKnown(m.CalledAE, ""),
@@ -74,6 +96,7 @@ func (m *DIMSEImages) Provision(ctx caddy.Context) error {
 		Retrieve:        m.RetrieveMethod,
 		MoveDestination: repl.ReplaceKnown(m.MoveDestination, ""),
 		Listen:          repl.ReplaceKnown(m.Listen, ""),
+		ListenFunc:      listen,
 		CacheDir:        repl.ReplaceKnown(m.CacheDir, ""),
 		CacheSize:       m.CacheSize,
 		CacheTTL:        time.Duration(m.CacheTTL),

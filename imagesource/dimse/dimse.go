@@ -52,6 +52,10 @@ type Config struct {
 	// (default: CallingAE); Listen is where our receiver listens for them.
 	MoveDestination string
 	Listen          string
+	// ListenFunc, when set, opens the receiver's listener instead of
+	// listening on Listen (Caddy hands out listeners that survive config
+	// reloads). The receiver starts with the first C-MOVE.
+	ListenFunc func() (net.Listener, error)
 	// CacheDir is where a private cache directory is made (default: the
 	// system temporary directory).
 	CacheDir string
@@ -74,6 +78,7 @@ type Source struct {
 	mu     sync.Mutex
 	moving map[string]*entry // study UID → entry of a C-MOVE in progress
 	stray  int               // instances refused on the receiver: no C-MOVE of theirs
+	closed bool
 }
 
 var _ imagesource.Source = (*Source)(nil)
@@ -105,7 +110,7 @@ func New(cfg Config, logger *zap.Logger) (*Source, error) {
 	if err := checkAE(cfg.MoveDestination); err != nil {
 		return nil, fmt.Errorf("dimse image source: move_destination: %w", err)
 	}
-	if cfg.Retrieve == CMove && cfg.Listen == "" {
+	if cfg.Retrieve == CMove && cfg.Listen == "" && cfg.ListenFunc == nil {
 		return nil, errors.New("dimse image source: retrieve c-move needs listen (the address of our C-STORE receiver, e.g. :11112, which the PACS knows for the move destination AE)")
 	}
 	if cfg.CacheSize <= 0 {
@@ -122,23 +127,43 @@ func New(cfg Config, logger *zap.Logger) (*Source, error) {
 		return nil, err
 	}
 	s := &Source{cfg: cfg, log: logger, cache: c, moving: map[string]*entry{}}
-	if cfg.Retrieve == CMove {
-		ln, err := dimsenet.Listen(cfg.Listen, dimsenet.ListenerConfig{
-			AE:            cfg.MoveDestination,
-			AcceptCalling: func(ae string) bool { return strings.EqualFold(strings.TrimSpace(ae), cfg.CalledAE) },
-			Store:         s.storeMoved,
-			Timeout:       cfg.Timeout,
-			OnError: func(err error) {
-				logger.Warn("dimse image source: C-STORE receiver", zap.Error(err))
-			},
-		})
-		if err != nil {
-			c.close()
-			return nil, fmt.Errorf("dimse image source: %w", err)
-		}
-		s.ln = ln
-	}
 	return s, nil
+}
+
+// receiver starts the C-STORE receiver of C-MOVE on first use.
+func (s *Source) receiver() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln != nil {
+		return nil
+	}
+	if s.closed {
+		return errClosed
+	}
+	var ln net.Listener
+	var err error
+	if s.cfg.ListenFunc != nil {
+		ln, err = s.cfg.ListenFunc()
+	} else {
+		ln, err = net.Listen("tcp", s.cfg.Listen)
+	}
+	if err != nil {
+		return fmt.Errorf("start the C-STORE receiver for C-MOVE: %w", err)
+	}
+	rcv, err := dimsenet.Serve(ln, dimsenet.ListenerConfig{
+		AE:            s.cfg.MoveDestination,
+		AcceptCalling: func(ae string) bool { return strings.EqualFold(strings.TrimSpace(ae), s.cfg.CalledAE) },
+		Store:         s.storeMoved,
+		Timeout:       s.cfg.Timeout,
+		OnError: func(err error) {
+			s.log.Warn("dimse image source: C-STORE receiver", zap.Error(err))
+		},
+	})
+	if err != nil {
+		return err
+	}
+	s.ln = rcv
+	return nil
 }
 
 // checkAE accepts 1 to 16 printable ASCII characters without backslash.
@@ -161,8 +186,10 @@ func (s *Source) CacheUsage() Usage { return s.cache.usage() }
 // CacheDir is the source's private cache directory.
 func (s *Source) CacheDir() string { return s.cache.root }
 
-// ListenAddr is the receiver's address (nil without C-MOVE).
+// ListenAddr is the receiver's address (nil before the first C-MOVE).
 func (s *Source) ListenAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.ln == nil {
 		return nil
 	}
@@ -173,8 +200,12 @@ func (s *Source) ListenAddr() net.Addr {
 // the cache directory with every cached file.
 func (s *Source) Close() error {
 	var err error
-	if s.ln != nil {
-		err = s.ln.Close()
+	s.mu.Lock()
+	s.closed = true
+	ln := s.ln
+	s.mu.Unlock()
+	if ln != nil {
+		err = ln.Close()
 	}
 	if cerr := s.cache.close(); err == nil {
 		err = cerr

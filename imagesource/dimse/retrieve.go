@@ -176,6 +176,9 @@ func (s *Source) cget(e *entry) error {
 }
 
 func (s *Source) cmove(e *entry) error {
+	if err := s.receiver(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	s.moving[e.uid] = e
 	strayBefore := s.stray

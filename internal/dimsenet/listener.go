@@ -54,15 +54,21 @@ type Listener struct {
 
 // Listen starts a receiver on addr ("127.0.0.1:11112", ":0").
 func Listen(addr string, cfg ListenerConfig) (*Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dimse listener: %w", err)
+	}
+	return Serve(ln, cfg)
+}
+
+// Serve runs a receiver on ln (which Close closes).
+func Serve(ln net.Listener, cfg ListenerConfig) (*Listener, error) {
 	if cfg.Store == nil {
+		ln.Close()
 		return nil, errors.New("dimse listener: no store handler")
 	}
 	if cfg.MaxAssociations <= 0 {
 		cfg.MaxAssociations = 16
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("dimse listener: %w", err)
 	}
 	l := &Listener{cfg: cfg, ln: ln, sem: make(chan struct{}, cfg.MaxAssociations), conns: map[net.Conn]bool{}}
 	l.wg.Add(1)
