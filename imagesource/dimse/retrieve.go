@@ -171,7 +171,8 @@ func (s *Source) cget(e *entry) error {
 		a.Abort()
 		return s.judge(e, res, err, 0)
 	}
-	a.Release()
+	// The study is complete: readers need not wait for the release.
+	go a.Release()
 	return nil
 }
 
@@ -202,7 +203,7 @@ func (s *Source) cmove(e *entry) error {
 		s.mu.Unlock()
 		return s.judge(e, res, err, stray)
 	}
-	a.Release()
+	go a.Release()
 	return nil
 }
 
