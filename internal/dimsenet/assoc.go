@@ -214,6 +214,9 @@ func (a *Assoc) Context(abstract string) *PresentationContext {
 func (a *Assoc) nextPDV() (pdv, error) {
 	for len(a.pending) == 0 {
 		a.deadline()
+		if a.br.Buffered() == 0 {
+			quickAck(a.conn)
+		}
 		p, err := readPDU(a.br, a.maxRecv)
 		if err != nil {
 			return pdv{}, err
