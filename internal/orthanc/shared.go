@@ -2,6 +2,8 @@ package orthanc
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"sync"
 	"testing"
 )
@@ -68,13 +70,19 @@ func RunTests(m *testing.M) int {
 }
 
 // SkipUnlessAvailable skips tb in -short mode or when Orthanc is not
-// installed. Tests that start their own instance with Start call it first.
+// installed; with SIA_REQUIRE_ORTHANC=1 or SIA_REQUIRE_DIMSE=1 (CI, whose
+// DIMSE peer tests need Orthanc's DICOM port) a missing Orthanc fails tb
+// instead. Tests that start their own instance with Start call it first.
 func SkipUnlessAvailable(tb testing.TB) {
 	tb.Helper()
 	if testing.Short() {
 		tb.Skip("skipping the real-PACS test in -short mode (it starts Orthanc)")
 	}
 	if !Available() {
-		tb.Skipf("Orthanc is not installed (%s and %s); apt-get install orthanc orthanc-dicomweb to run this test", DefaultBinary, DefaultPlugin)
+		msg := fmt.Sprintf("Orthanc is not installed (%s and %s); apt-get install orthanc orthanc-dicomweb to run this test", DefaultBinary, DefaultPlugin)
+		if os.Getenv("SIA_REQUIRE_ORTHANC") == "1" || os.Getenv("SIA_REQUIRE_DIMSE") == "1" {
+			tb.Fatal("SIA_REQUIRE_ORTHANC/SIA_REQUIRE_DIMSE set but " + msg)
+		}
+		tb.Skip(msg)
 	}
 }
