@@ -58,6 +58,9 @@ func TestDIMSEFaults(t *testing.T) {
 	}
 
 	key := base64.StdEncoding.EncodeToString(testKey)
+	// The caches live in the test's directory: caddytest leaves the last
+	// config loaded, so the module's own cleanup never runs.
+	cacheDir := t.TempDir()
 	route := func(prefix, address string) string {
 		return fmt.Sprintf(`	handle_path %s/* {
 		smart_imaging {
@@ -68,11 +71,12 @@ func TestDIMSEFaults(t *testing.T) {
 				called_ae FAULTY-PACS
 				calling_ae SMART-IMAGING
 				timeout 1s
+				cache_dir %s
 			}
 			study_token_key %s
 		}
 	}
-`, prefix, demoPatient, demoMRN, address, key)
+`, prefix, demoPatient, demoMRN, address, cacheDir, key)
 	}
 	tc := caddytest.NewTester(t)
 	tc.InitServer(testGlobals+"\tgrace_period 1ns\n}\nhttp://localhost:9080 {\n"+

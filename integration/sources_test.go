@@ -109,6 +109,9 @@ type dimsePeer struct {
 	addr, aet        string
 	retrieve, listen string // c-get or c-move (with the receiver's address)
 	fewQueryKeys     bool   // the PACS answers few C-FIND keys (see withoutUnqueried)
+	// cacheDir holds the routes' caches: the test's own directory, since
+	// caddytest leaves the last config loaded (its cleanup never runs).
+	cacheDir string
 }
 
 // dimseRoutes serves the demo studies from DIMSE peers with the same
@@ -123,6 +126,9 @@ func dimseRoutes(peers []dimsePeer, key string) string {
 			}
 			if p.listen != "" && !open {
 				listen = "\n\t\t\t\tlisten " + p.listen
+			}
+			if p.cacheDir != "" {
+				listen += "\n\t\t\t\tcache_dir " + p.cacheDir
 			}
 			retrieve := p.retrieve
 			if open && retrieve == "c-move" {
@@ -885,8 +891,8 @@ func startDIMSEPeers(t *testing.T, ctx context.Context) []dimsePeer {
 		t.Fatal(err)
 	}
 	return []dimsePeer{
-		{route: "/dimse-orthanc", addr: o.DICOMAddr(), aet: o.DICOMAET(), retrieve: "c-get"},
-		{route: "/dimse-dcmqrscp", addr: q.Addr(), aet: dcmqrscp.AET, retrieve: "c-move", listen: "127.0.0.1:" + strconv.Itoa(moveTo), fewQueryKeys: true},
+		{route: "/dimse-orthanc", addr: o.DICOMAddr(), aet: o.DICOMAET(), retrieve: "c-get", cacheDir: t.TempDir()},
+		{route: "/dimse-dcmqrscp", addr: q.Addr(), aet: dcmqrscp.AET, retrieve: "c-move", listen: "127.0.0.1:" + strconv.Itoa(moveTo), fewQueryKeys: true, cacheDir: t.TempDir()},
 	}
 }
 
