@@ -35,7 +35,18 @@ type gatewayConfig struct {
 	pacsHostPort    string // Orthanc's host:port, for the plain proxy route
 	countURL        string // the counting proxy's DICOMweb root
 	user, pass      string
+	dimseAddr       string // Orthanc's DICOM port
+	dimseAET        string
+	dimseCache      string // parent of the two DIMSE routes' cache dirs
 }
+
+// The DIMSE routes' caches: /dimse large enough for every study, /dimse-small
+// half the size of the 16 studies the concurrency run pulls (about 17 MB).
+const (
+	dimseCacheSize      = 1 << 30
+	dimseSmallCacheSize = 8 << 20
+	dimseAE             = "SMART-IMAGING"
+)
 
 // Environment variables of the child (secrets stay out of the Caddyfile).
 const (
@@ -80,6 +91,31 @@ func (c gatewayConfig) caddyfile() string {
 		}
 	}
 `, c.pacsHostPort, envPACSBasic)
+	dimse := func(prefix string, size int64) string {
+		if c.dimseAddr == "" {
+			return ""
+		}
+		return fmt.Sprintf(`	handle_path /%[1]s/* {
+		smart_imaging {
+			authz smart-on-fhir {
+				fhir_base_url %[2]s
+				client_id %[3]s
+				client_secret {env.%[4]s}
+				mrn_system %[5]s
+			}
+			images dimse %[6]s {
+				called_ae %[7]s
+				calling_ae %[8]s
+				cache_dir %[9]s
+				cache_size %[10]d
+			}
+			study_token_key {env.%[11]s}
+			base_url http://127.0.0.1:%[12]d/%[1]s
+		}
+	}
+`, prefix, c.ehrFHIRBase, c.clientID, envClientSecret, mrnSystem, c.dimseAddr, c.dimseAET, dimseAE,
+			filepath.Join(c.dimseCache, prefix), size, envStudyKey, c.port)
+	}
 	return fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
@@ -89,12 +125,12 @@ func (c gatewayConfig) caddyfile() string {
 }
 
 http://127.0.0.1:%d {
-%s%s%s%s}
+%s%s%s%s%s%s}
 `, c.adminPort, c.port, c.port,
 		route("bench", c.pacsURL, ""),
 		route("count", c.countURL, ""),
 		route("ttl", c.pacsURL, "\n\t\t\t\tcache_ttl 1s"),
-		plain)
+		plain, dimse("dimse", dimseCacheSize), dimse("dimse-small", dimseSmallCacheSize))
 }
 
 // startGateway writes the Caddyfile and starts this binary as the gateway,

@@ -18,6 +18,7 @@ type results struct {
 	Cases   []*caseResult `json:"cases"`
 	Counts  counts        `json:"counts"`
 	Large   largeResults  `json:"large_study"`
+	DIMSE   dimseResults  `json:"dimse"`
 	Targets []target      `json:"targets"`
 
 	endpoints []endpoint
@@ -286,6 +287,23 @@ func (r *results) print(w io.Writer) {
 			}
 			fmt.Fprintf(w, "| %d %s | %.0f | %d/%d | %.1f | %s | %.1f | %.1f |\n", i+1, run.Target, run.MBps, run.Completed, run.Clients, run.Seconds, rss, run.GatewayCPUs, run.OrthancCPUs)
 		}
+	}
+	if D := r.DIMSE; len(D.Cold) > 0 {
+		fmt.Fprintln(w, "\nDIMSE source (images dimse, C-GET from the same Orthanc's DICOM port) against Orthanc's DICOMweb:")
+		fmt.Fprintln(w, "\n| study | instances | MB | dimse cold: first byte / whole ms | DICOMweb direct: first byte / whole ms |")
+		fmt.Fprintln(w, "|---|--:|--:|--:|--:|")
+		for _, c := range D.Cold {
+			fmt.Fprintf(w, "| %s | %d | %.1f | %.1f / %.1f | %.1f / %.1f |\n", c.Study, c.Instances, float64(c.Bytes)/1e6, c.FirstByteMs, c.GatewayMs, c.DirectFirstMs, c.DirectMs)
+		}
+		fmt.Fprintln(w, "\n| cached study retrieve | dimse req/s | dimse p50 ms | DICOMweb direct req/s | direct p50 ms | dimse / direct |")
+		fmt.Fprintln(w, "|--:|--:|--:|--:|--:|--:|")
+		for _, c := range D.Cached {
+			fmt.Fprintf(w, "| %d clients | %.1f | %.1f | %.1f | %.1f | %.2f |\n", c.Clients, c.GatewayRPS, c.GatewayP50ms, c.DirectRPS, c.DirectP50ms, c.Ratio)
+		}
+		C := D.Concurrent
+		fmt.Fprintf(w, "\n%d clients pulling %d different studies (%.1f MB, cold) through a %d MiB cache: %d complete in %.2fs (DICOMweb direct %.2fs), %d errors; gateway VmRSS %.1f MB before, peak %.1f MB; cache peak %.1f MB.\n",
+			C.Clients, C.Clients, float64(C.StudiesBytes)/1e6, C.CacheSize>>20, C.GatewayCompleted, C.GatewaySeconds, C.DirectSeconds, C.GatewayErrors,
+			C.RSSBeforeMB, C.RSSPeakMB, float64(C.CachePeakBytes)/1e6)
 	}
 	fmt.Fprintln(w, "\n| target | want | got | |")
 	fmt.Fprintln(w, "|---|---|---|---|")

@@ -101,7 +101,11 @@ func run(ctx context.Context, o options) (err error) {
 	if !orthanc.Available() {
 		return fmt.Errorf("Orthanc is not installed (%s, %s): apt-get install orthanc orthanc-dicomweb", orthanc.DefaultBinary, orthanc.DefaultPlugin)
 	}
-	if e.pacs, err = orthanc.Start(ctx, orthanc.Options{}); err != nil {
+	// Orthanc's DICOM port too, with the gateway's AE registered for the
+	// dimse source (C-ECHO, C-FIND, C-GET).
+	if e.pacs, err = orthanc.Start(ctx, orthanc.Options{DICOM: &orthanc.DICOMOptions{Modalities: map[string]orthanc.Modality{
+		"gateway": {AET: dimseAE, Host: "127.0.0.1", Port: 1, AllowEcho: true, AllowFind: true, AllowGet: true},
+	}}}); err != nil {
 		return err
 	}
 	cleanups = append(cleanups, func() {
@@ -127,6 +131,7 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	e.ehr.AddPatient(benchPatient, mr(benchMRN))
 	e.ehr.AddPatient(largePatient, mr(largeMRN))
+	e.ehr.AddPatient(dimsePatient, mr(dimseMRN))
 
 	if e.counter, err = startCountingProxy(e.pacs.URL()); err != nil {
 		return err
@@ -141,6 +146,7 @@ func run(ctx context.Context, o options) (err error) {
 		ehrFHIRBase: e.ehr.FHIRBase(), clientID: "bench-gateway",
 		pacsURL: e.pacs.DICOMwebURL(), pacsHostPort: strings.TrimPrefix(e.pacs.URL(), "http://"), countURL: e.counter.URL() + "/dicom-web",
 		user: e.pacs.Username(), pass: e.pacs.Password(),
+		dimseAddr: e.pacs.DICOMAddr(), dimseAET: e.pacs.DICOMAET(), dimseCache: filepath.Join(e.tmp, "dimse-cache"),
 	}, secret)
 	if err != nil {
 		return err
@@ -181,7 +187,7 @@ func run(ctx context.Context, o options) (err error) {
 				kept = append(kept, ep)
 			}
 		}
-		if len(kept) == 0 {
+		if len(kept) == 0 && !o.cases["dimse"] {
 			return fmt.Errorf("-cases names no known endpoint")
 		}
 		eps = kept
@@ -203,6 +209,11 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if err := e.counts(ctx); err != nil {
 		return err
+	}
+	if o.cases == nil || o.cases["dimse"] {
+		if err := e.dimse(ctx); err != nil {
+			return err
+		}
 	}
 	if o.largeGiB > 0 {
 		if err := e.large(ctx); err != nil {

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"image"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -23,12 +24,15 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/authz/studytoken"
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
+	"github.com/smart-imaging/smart_imaging/internal/dcmqrscp"
 	"github.com/smart-imaging/smart_imaging/internal/orthanc"
 )
 
 // The same-behaviour tests: one table of behaviours, each run against the
-// folder source (examples/demo/studies read from disk) and the dicomweb
-// source (the same files uploaded to a real Orthanc), through one Caddy.
+// folder source (examples/demo/studies read from disk), the dicomweb
+// source (the same files uploaded to a real Orthanc) and the dimse source
+// (a second Orthanc's DICOM port with C-GET, and dcmtk's dcmqrscp with
+// C-MOVE), through one Caddy.
 // Every behaviour returns an observation, a flat map of facts; the two
 // sources' observations must be equal, and each behaviour also checks its
 // facts against the corpus read with the DICOM library.
@@ -61,6 +65,17 @@ import (
 //     or Orthanc's own ".../bulk/7fe00010" (allowed through the gateway);
 //     both are under the instance's gateway URL and give the same bytes.
 //
+// DIMSE:
+//   - The network carries data sets, not files: each part's file meta is
+//     the gateway's, and Orthanc re-encodes sequences with explicit
+//     lengths. DIMSE parts are compared by content (contentSHA: every
+//     element's value and the pixel data bytes), not byte for byte.
+//   - dcmqrscp's C-FIND answers hold only the keys its database keeps: no
+//     series description, body part, series date and time, or timezone
+//     (its study start reads as UTC). withoutUnqueried leaves those out.
+//   - The dimse source serves everything else with the folder source's
+//     code over its cache, so it behaves as the folder source there.
+//
 // What one source can do and the other cannot (not in the table):
 //   - A bare application/dicom instance or application/octet-stream frame:
 //     the folder source answers 200; Orthanc refuses (400, passed on).
@@ -72,16 +87,71 @@ import (
 
 // sourceUnderTest is one image source behind its two routes.
 type sourceUnderTest struct {
-	name    string // "folder" or "dicomweb"
-	route   string // patient-bound route prefix
-	open    string // all-studies route prefix
-	patient searchResult
-	all     searchResult
+	name string // "folder", "dicomweb", "dimse-…"
+	// reencodes is set for DIMSE sources: the network carries data sets
+	// (the file meta group is the gateway's) and the PACS may re-encode
+	// them, so their parts equal the corpus in content, not in bytes.
+	reencodes bool
+	// fewQueryKeys is set for a PACS whose C-FIND answers lack series
+	// description, body part, series date and time and the timezone
+	// (dcmqrscp's database holds only the standard's required keys).
+	fewQueryKeys bool
+	route        string // patient-bound route prefix
+	open         string // all-studies route prefix
+	patient      searchResult
+	all          searchResult
 }
 
-// sourcesConfig serves the demo studies from the folder (/folder, /folder-open)
-// and from Orthanc (/pacs, /pacs-open), with the same authorizers.
-func sourcesConfig(pacs *orthanc.Server) string {
+// dimsePeer is a DIMSE PACS holding the demo studies and how the gateway
+// reaches it.
+type dimsePeer struct {
+	route            string // route prefix; the all-studies route adds "-open"
+	addr, aet        string
+	retrieve, listen string // c-get or c-move (with the receiver's address)
+	fewQueryKeys     bool   // the PACS answers few C-FIND keys (see withoutUnqueried)
+	// cacheDir holds the routes' caches: the test's own directory, since
+	// caddytest leaves the last config loaded (its cleanup never runs).
+	cacheDir string
+}
+
+// dimseRoutes serves the demo studies from DIMSE peers with the same
+// authorizers as sourcesConfig.
+func dimseRoutes(peers []dimsePeer, key string) string {
+	var b strings.Builder
+	for _, p := range peers {
+		for _, open := range []bool{false, true} {
+			route, authz, lookup, listen := p.route, "patient "+demoPatient+" mrn "+demoMRN, "studies-by-mrn", ""
+			if open {
+				route, authz, lookup = p.route+"-open", "disable_authz_checks", "all-studies"
+			}
+			if p.listen != "" && !open {
+				listen = "\n\t\t\t\tlisten " + p.listen
+			}
+			if p.cacheDir != "" {
+				listen += "\n\t\t\t\tcache_dir " + p.cacheDir
+			}
+			retrieve := p.retrieve
+			if open && retrieve == "c-move" {
+				// One receiver per address: the open route retrieves
+				// with C-GET from the same peer when it can.
+				retrieve = "c-get"
+			}
+			fmt.Fprintf(&b, "\thandle_path %s/* {\n\t\tsmart_imaging {\n\t\t\tauthz mock {\n\t\t\t\t%s\n\t\t\t}\n"+
+				"\t\t\timages dimse %s {\n\t\t\t\tcalled_ae %s\n\t\t\t\tcalling_ae %s\n\t\t\t\tretrieve %s%s\n\t\t\t\tlookup %s\n\t\t\t\ttimeout 20s\n\t\t\t}\n"+
+				"\t\t\tstudy_token_key %s\n\t\t}\n\t}\n",
+				route, authz, p.addr, p.aet, dimseGatewayAE, retrieve, listen, lookup, key)
+		}
+	}
+	return b.String()
+}
+
+// dimseGatewayAE is the gateway's AE title in the DIMSE tests.
+const dimseGatewayAE = "SMART-IMAGING"
+
+// sourcesConfig serves the demo studies from the folder (/folder, /folder-open),
+// from Orthanc (/pacs, /pacs-open) and from the DIMSE peers, with the same
+// authorizers.
+func sourcesConfig(pacs *orthanc.Server, peers ...dimsePeer) string {
 	studies, _ := filepath.Abs("../examples/demo/studies")
 	key := base64.StdEncoding.EncodeToString(testKey)
 	return fmt.Sprintf(testGlobals+`	grace_period 1ns
@@ -133,14 +203,15 @@ http://localhost:9080 {
 			study_token_key %[4]s
 		}
 	}
-}
-`, studies, pacs.DICOMwebURL(), pacs.Username()+" "+pacs.Password(), key, demoPatient, demoMRN)
+%[7]s}
+`, studies, pacs.DICOMwebURL(), pacs.Username()+" "+pacs.Password(), key, demoPatient, demoMRN, dimseRoutes(peers, key))
 }
 
 // corpusFile is one demo file as the DICOM library reads it.
 type corpusFile struct {
 	instanceInfo
 	sha                     string // of the whole file
+	contentSHA              string // of its content (see contentSHA)
 	modality                string
 	seriesNumber            string
 	studyDate, studyTime    string
@@ -188,7 +259,7 @@ func readSourcesCorpus(t *testing.T) sourcesCorpus {
 				return 0
 			}
 			sum := sha256.Sum256(raw)
-			f := corpusFile{instanceInfo: in, sha: hex.EncodeToString(sum[:]),
+			f := corpusFile{instanceInfo: in, sha: hex.EncodeToString(sum[:]), contentSHA: contentSHA(raw),
 				modality: str(tag.Modality), seriesNumber: str(tag.SeriesNumber),
 				studyDate: str(tag.StudyDate), studyTime: str(tag.StudyTime),
 				rows: num(tag.Rows), cols: num(tag.Columns),
@@ -311,33 +382,48 @@ var sourcesBehaviours = []sourcesBehaviour{
 		return obs
 	}},
 	{"study, series and instance retrieve give the files' bytes", func(t *testing.T, tc *caddytest.Tester, c sourcesCorpus, s *sourceUnderTest) observation {
-		obs := observation{}
+		// Observed: each instance's content (what every source carries
+		// unchanged). Checked against the corpus: the whole file, or, for
+		// DIMSE sources, the content.
+		obs, whole := observation{}, observation{}
+		add := func(key string, parts map[string]partHash) {
+			for sop, h := range parts {
+				obs[key+" "+sop] = h.dataset
+				whole[key+" "+sop] = h.file
+			}
+		}
 		for uid, addr := range s.patient.endpoints {
 			studyURL := addr + "/studies/" + uid
-			for sop, sha := range partsBySOP(t, tc, studyURL) {
-				obs["study "+uid+" "+sop] = sha
-			}
+			add("study "+uid, partsBySOP(t, tc, studyURL))
 			for se, files := range c.seriesOf(uid) {
-				for sop, sha := range partsBySOP(t, tc, studyURL+"/series/"+se) {
-					obs["series "+se+" "+sop] = sha
-				}
+				add("series "+se, partsBySOP(t, tc, studyURL+"/series/"+se))
 				in := files[0]
-				for sop, sha := range partsBySOP(t, tc, studyURL+"/series/"+se+"/instances/"+in.sop) {
-					obs["instance "+in.sop+" "+sop] = sha
-				}
+				add("instance "+in.sop, partsBySOP(t, tc, studyURL+"/series/"+se+"/instances/"+in.sop))
 			}
 		}
 		want := observation{}
 		for _, uid := range keys(c.byPatient[demoMRN]) {
 			for se, files := range c.seriesOf(uid) {
 				for _, f := range files {
-					want["study "+uid+" "+f.sop] = f.sha
-					want["series "+se+" "+f.sop] = f.sha
+					h := f.sha
+					if s.reencodes {
+						h = f.contentSHA
+					}
+					want["study "+uid+" "+f.sop] = h
+					want["series "+se+" "+f.sop] = h
 				}
-				want["instance "+files[0].sop+" "+files[0].sop] = files[0].sha
+				h := files[0].sha
+				if s.reencodes {
+					h = files[0].contentSHA
+				}
+				want["instance "+files[0].sop+" "+files[0].sop] = h
 			}
 		}
-		compareObservations(t, "the corpus", want, s.name, obs)
+		if s.reencodes {
+			compareObservations(t, "the corpus", want, s.name, obs)
+		} else {
+			compareObservations(t, "the corpus", want, s.name, whole)
+		}
 		return obs
 	}},
 	{"metadata lists the instances with gateway BulkDataURIs", func(t *testing.T, tc *caddytest.Tester, c sourcesCorpus, s *sourceUnderTest) observation {
@@ -595,11 +681,38 @@ func sha(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
+// contentSHA is the sha256 of a Part 10 file's content, independent of
+// its encoding: every element after the file meta with its VR and value,
+// and the pixel data's bytes ("" when b does not parse). DIMSE peers
+// re-encode what they send (Orthanc writes sequences with explicit
+// lengths), so their parts are compared by content.
+func contentSHA(b []byte) string {
+	ds, err := dicom.Parse(bytes.NewReader(b), int64(len(b)), nil, dicom.SkipProcessingPixelDataValue())
+	if err != nil {
+		return ""
+	}
+	h := sha256.New()
+	for _, e := range ds.Elements {
+		if e.Tag.Group == 0x0002 {
+			continue
+		}
+		if info, ok := e.Value.GetValue().(dicom.PixelDataInfo); ok && e.Tag == tag.PixelData {
+			h.Write(info.UnprocessedValueData)
+			continue
+		}
+		fmt.Fprintf(h, "%v %s %s\n", e.Tag, e.RawValueRepresentation, e.Value.String())
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// partHash is a retrieved part's sha256, whole and of its data set.
+type partHash struct{ file, dataset string }
+
 // partsBySOP retrieves a multipart/related application/dicom answer and
-// returns SOP Instance UID → sha256 of each part.
-func partsBySOP(t *testing.T, tc *caddytest.Tester, url string) map[string]string {
+// returns SOP Instance UID → the sha256 of each part.
+func partsBySOP(t *testing.T, tc *caddytest.Tester, url string) map[string]partHash {
 	t.Helper()
-	out := map[string]string{}
+	out := map[string]partHash{}
 	for i, p := range retrieveMultipart(t, tc, url, `multipart/related; type="application/dicom"`, "application/dicom") {
 		ds, err := dicom.Parse(bytes.NewReader(p), int64(len(p)), nil, dicom.SkipPixelData())
 		if err != nil {
@@ -620,7 +733,7 @@ func partsBySOP(t *testing.T, tc *caddytest.Tester, url string) map[string]strin
 		if _, dup := out[sop]; dup {
 			t.Errorf("%s: instance %s sent twice", url, sop)
 		}
-		out[sop] = sha(p)
+		out[sop] = partHash{file: sha(p), dataset: contentSHA(p)}
 	}
 	return out
 }
@@ -678,7 +791,9 @@ func compareObservations(t *testing.T, aName string, a observation, bName string
 }
 
 // TestSourcesBehaveAlike runs one table of behaviours against the folder
-// source and the dicomweb source (Orthanc) holding the same studies.
+// source, the dicomweb source (Orthanc) and the dimse source (Orthanc's
+// DICOM port with C-GET, dcmtk's dcmqrscp with C-MOVE) holding the same
+// studies.
 func TestSourcesBehaveAlike(t *testing.T) {
 	pacs := orthanc.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -686,14 +801,19 @@ func TestSourcesBehaveAlike(t *testing.T) {
 	if _, err := pacs.Upload(ctx, "../examples/demo/studies"); err != nil {
 		t.Fatal(err)
 	}
+	peers := startDIMSEPeers(t, ctx)
 	c := readSourcesCorpus(t)
 
 	tc := caddytest.NewTester(t)
-	tc.InitServer(sourcesConfig(pacs), "caddyfile")
+	tc.InitServer(sourcesConfig(pacs, peers...), "caddyfile")
 
 	sources := []*sourceUnderTest{
 		{name: "folder", route: "/folder", open: "/folder-open"},
 		{name: "dicomweb", route: "/pacs", open: "/pacs-open"},
+	}
+	for _, p := range peers {
+		sources = append(sources, &sourceUnderTest{name: strings.TrimPrefix(p.route, "/"), route: p.route, open: p.route + "-open",
+			reencodes: true, fewQueryKeys: p.fewQueryKeys})
 	}
 	for _, s := range sources {
 		s.patient = search(t, tc, base+s.route+"/fhir/ImagingStudy?patient="+demoPatient)
@@ -711,13 +831,78 @@ func TestSourcesBehaveAlike(t *testing.T) {
 			for i, s := range sources {
 				t.Run(s.name, func(t *testing.T) { obs[i] = b.observe(t, tc, c, s) })
 			}
-			if obs[0] == nil || obs[1] == nil {
-				return // a subtest stopped early and said why
+			for i := range obs {
+				if obs[i] == nil {
+					return // a subtest stopped early and said why
+				}
 			}
 			if len(obs[0]) == 0 {
 				t.Fatal("the behaviour observed nothing")
 			}
-			compareObservations(t, sources[0].name, obs[0], sources[1].name, obs[1])
+			for i := 1; i < len(sources); i++ {
+				a, b := obs[0], obs[i]
+				if sources[i].fewQueryKeys {
+					a, b = withoutUnqueried(a), withoutUnqueried(b)
+				}
+				compareObservations(t, sources[0].name, a, sources[i].name, b)
+			}
 		})
 	}
+}
+
+// withoutUnqueried leaves out the ImagingStudy facts a PACS with few
+// C-FIND keys cannot give: series description, body site and start, and
+// the study's start with its timezone (dcmqrscp has no
+// TimezoneOffsetFromUTC, so its times read as UTC).
+func withoutUnqueried(o observation) observation {
+	out := observation{}
+	for k, v := range o {
+		series := strings.Contains(k, " series ")
+		if strings.HasSuffix(k, " started") || series && (strings.HasSuffix(k, " description") || strings.HasSuffix(k, " bodySite")) {
+			continue
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// startDIMSEPeers starts a second Orthanc with its DICOM port open (the
+// gateway's AE registered for C-FIND, C-GET and C-MOVE) and a dcmqrscp,
+// both holding the demo studies, and returns how the gateway's routes
+// reach them: Orthanc with C-GET, dcmqrscp with C-MOVE into the gateway's
+// receiver. Without dcmtk the test is skipped (failed under
+// SIA_REQUIRE_DIMSE=1).
+func startDIMSEPeers(t *testing.T, ctx context.Context) []dimsePeer {
+	t.Helper()
+	moveTo := freeLoopbackPort(t)
+	o, err := orthanc.Start(ctx, orthanc.Options{DICOM: &orthanc.DICOMOptions{Modalities: map[string]orthanc.Modality{
+		"gateway": {AET: dimseGatewayAE, Host: "127.0.0.1", Port: moveTo,
+			AllowEcho: true, AllowFind: true, AllowGet: true, AllowMove: true},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Stop() })
+	if _, err := o.Upload(ctx, "../examples/demo/studies"); err != nil {
+		t.Fatal(err)
+	}
+	q := dcmqrscp.Require(t, dcmqrscp.Options{GatewayAET: dimseGatewayAE, GatewayPort: moveTo})
+	if err := q.Load(ctx, "../examples/demo/studies"); err != nil {
+		t.Fatal(err)
+	}
+	return []dimsePeer{
+		{route: "/dimse-orthanc", addr: o.DICOMAddr(), aet: o.DICOMAET(), retrieve: "c-get", cacheDir: t.TempDir()},
+		{route: "/dimse-dcmqrscp", addr: q.Addr(), aet: dcmqrscp.AET, retrieve: "c-move", listen: "127.0.0.1:" + strconv.Itoa(moveTo), fewQueryKeys: true, cacheDir: t.TempDir()},
+	}
+}
+
+// freeLoopbackPort picks a port on 127.0.0.1 that is free now.
+func freeLoopbackPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

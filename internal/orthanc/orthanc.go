@@ -65,6 +65,34 @@ type Options struct {
 	Binary, Plugin string
 	// StartTimeout bounds the wait for /system to answer. Default 30s.
 	StartTimeout time.Duration
+	// DICOM, when set, enables Orthanc's DICOM (DIMSE) server.
+	DICOM *DICOMOptions
+}
+
+// DICOMOptions enable Orthanc's DICOM port, a DIMSE peer for the dimse
+// image source.
+type DICOMOptions struct {
+	// Port on every IPv4 address (Orthanc has no bind address). 0 picks a
+	// free port.
+	Port int
+	// AET is Orthanc's AE title. Default "ORTHANC". Orthanc checks that
+	// callers name it.
+	AET string
+	// Modalities are the AEs Orthanc knows (DicomModalities), by name.
+	Modalities map[string]Modality
+}
+
+// Modality is a remote AE registered in Orthanc, with the services it may
+// ask for. C-MOVE sends to its Host and Port.
+type Modality struct {
+	AET        string
+	Host       string
+	Port       int
+	AllowEcho  bool
+	AllowFind  bool
+	AllowGet   bool
+	AllowMove  bool
+	AllowStore bool
 }
 
 // Server is a running Orthanc started by Start.
@@ -120,6 +148,22 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("orthanc: DICOMweb plugin %s not found (apt-get install orthanc-dicomweb)", opts.Plugin)
 	}
 
+	if opts.DICOM != nil {
+		d := *opts.DICOM
+		if d.AET == "" {
+			d.AET = "ORTHANC"
+		}
+		if d.Port == 0 {
+			p, err := freePort()
+			if err != nil {
+				return nil, err
+			}
+			d.Port = p
+		} else if err := checkPortFree(d.Port); err != nil {
+			return nil, err
+		}
+		opts.DICOM = &d
+	}
 	port := opts.Port
 	if port == 0 {
 		p, err := freePort()
@@ -220,6 +264,24 @@ func (s *Server) writeConfig(name string) error {
 		"DeidentifyLogs":         true,
 		"DicomWeb":               dicomweb,
 	}
+	if d := s.opts.DICOM; d != nil {
+		cfg["DicomServerEnabled"] = true
+		cfg["DicomAet"] = d.AET
+		cfg["DicomPort"] = d.Port
+		cfg["DicomCheckCalledAet"] = true
+		cfg["DicomAlwaysAllowEcho"] = false
+		cfg["DicomAlwaysAllowStore"] = false
+		cfg["DicomScpTimeout"] = 30
+		mods := map[string]any{}
+		for name, m := range d.Modalities {
+			mods[name] = map[string]any{
+				"AET": m.AET, "Host": m.Host, "Port": m.Port,
+				"AllowEcho": m.AllowEcho, "AllowFind": m.AllowFind, "AllowGet": m.AllowGet,
+				"AllowMove": m.AllowMove, "AllowStore": m.AllowStore,
+			}
+		}
+		cfg["DicomModalities"] = mods
+	}
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return fmt.Errorf("orthanc: config: %w", err)
@@ -286,6 +348,23 @@ func (s *Server) URL() string { return "http://127.0.0.1:" + strconv.Itoa(s.port
 
 // DICOMwebURL is the DICOMweb root, http://127.0.0.1:PORT/dicom-web.
 func (s *Server) DICOMwebURL() string { return s.URL() + "/dicom-web" }
+
+// DICOMAddr is the DICOM port's address, 127.0.0.1:PORT ("" when the
+// DICOM server is off).
+func (s *Server) DICOMAddr() string {
+	if s.opts.DICOM == nil {
+		return ""
+	}
+	return "127.0.0.1:" + strconv.Itoa(s.opts.DICOM.Port)
+}
+
+// DICOMAET is Orthanc's AE title ("" when the DICOM server is off).
+func (s *Server) DICOMAET() string {
+	if s.opts.DICOM == nil {
+		return ""
+	}
+	return s.opts.DICOM.AET
+}
 
 // Port is the HTTP port.
 func (s *Server) Port() int { return s.port }

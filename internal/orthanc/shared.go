@@ -74,7 +74,8 @@ func RunTests(m *testing.M) int {
 const RequireEnv = "SIA_REQUIRE_ORTHANC"
 
 // SkipUnlessAvailable skips tb in -short mode or when Orthanc is not
-// installed; with SIA_REQUIRE_ORTHANC=1 a missing Orthanc fails tb
+// installed; with SIA_REQUIRE_ORTHANC=1 (or SIA_REQUIRE_DIMSE=1: the DIMSE
+// peer tests need Orthanc's DICOM port) a missing Orthanc fails tb
 // instead. Tests that start their own instance with Start call it first.
 func SkipUnlessAvailable(tb testing.TB) {
 	tb.Helper()
@@ -88,7 +89,7 @@ func skipUnless(tb testing.TB, short, available bool) {
 		return
 	}
 	if !available {
-		if os.Getenv(RequireEnv) == "1" {
+		if os.Getenv(RequireEnv) == "1" || os.Getenv("SIA_REQUIRE_DIMSE") == "1" {
 			tb.Fatalf("%s=1 but Orthanc is not installed (%s and %s)", RequireEnv, DefaultBinary, DefaultPlugin)
 			return
 		}

@@ -1,0 +1,236 @@
+package caddymodule
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/dustin/go-humanize"
+
+	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/imagesource/dimse"
+)
+
+func init() {
+	caddy.RegisterModule(DIMSEImages{})
+}
+
+// DIMSEImages is the "dimse" image source: a PACS that speaks only the
+// DICOM network protocol. Searches are C-FIND queries; a study is
+// retrieved once with C-GET (or C-MOVE into the gateway's own C-STORE
+// receiver) into a private, bounded on-disk cache and served from there.
+type DIMSEImages struct {
+	// Address is the PACS's host:port (placeholders resolved at start).
+	Address string `json:"address,omitempty"`
+	// CalledAE is the PACS's AE title; CallingAE the gateway's.
+	CalledAE  string `json:"called_ae,omitempty"`
+	CallingAE string `json:"calling_ae,omitempty"`
+	// RetrieveMethod is "c-get" (default) or "c-move".
+	RetrieveMethod string `json:"retrieve,omitempty"`
+	// MoveDestination is the AE title the PACS sends C-MOVE results to
+	// (default: CallingAE); Listen the address of the gateway's C-STORE
+	// receiver for them.
+	MoveDestination string `json:"move_destination,omitempty"`
+	Listen          string `json:"listen,omitempty"`
+	// CacheDir is where the private cache directory is made (default: the
+	// system temporary directory).
+	CacheDir string `json:"cache_dir,omitempty"`
+	// CacheSize bounds the cache in bytes. Default 20 GiB.
+	CacheSize int64 `json:"cache_size,omitempty"`
+	// CacheTTL is how long a study stays after its last use. Default 1h.
+	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
+	// Timeout bounds connecting and each wait for the PACS. Default 30s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// Lookup is "studies-by-mrn" (default) or "all-studies".
+	Lookup imagesource.Lookup `json:"lookup,omitempty"`
+
+	src *dimse.Source
+}
+
+// CaddyModule returns the Caddy module information.
+func (DIMSEImages) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.smart_imaging.images.dimse",
+		New: func() caddy.Module { return new(DIMSEImages) },
+	}
+}
+
+// Provision checks the configuration, makes the cache directory and, for
+// C-MOVE, starts the C-STORE receiver. It does not contact the PACS.
+func (m *DIMSEImages) Provision(ctx caddy.Context) error {
+	if m.Lookup != "" {
+		if _, err := imagesource.ParseLookup(string(m.Lookup)); err != nil {
+			return fmt.Errorf("images dimse: %w", err)
+		}
+	}
+	repl := caddy.NewReplacer()
+	var listen func() (net.Listener, error)
+	if m.RetrieveMethod == dimse.CMove && m.Listen != "" {
+		// Caddy's listener pool keeps the socket across config reloads;
+		// it is opened with the first C-MOVE, not here (caddy validate
+		// provisions too).
+		na, err := caddy.ParseNetworkAddressWithDefaults(repl.ReplaceKnown(m.Listen, ""), "tcp", 11112)
+		if err != nil || na.PortRangeSize() != 1 {
+			return fmt.Errorf("images dimse: listen %q: want one host:port such as :11112", m.Listen)
+		}
+		listen = func() (net.Listener, error) {
+			l, err := na.Listen(ctx, 0, net.ListenConfig{})
+			if err != nil {
+				return nil, err
+			}
+			ln, ok := l.(net.Listener)
+			if !ok {
+				return nil, fmt.Errorf("listen %s: not a stream listener", na)
+			}
+			return ln, nil
+		}
+	}
+	src, err := dimse.New(dimse.Config{
+		Addr:            repl.ReplaceKnown(m.Address, ""),
+		CalledAE:        repl.ReplaceKnown(m.CalledAE, ""),
+		CallingAE:       repl.ReplaceKnown(m.CallingAE, ""),
+		Retrieve:        m.RetrieveMethod,
+		MoveDestination: repl.ReplaceKnown(m.MoveDestination, ""),
+		Listen:          repl.ReplaceKnown(m.Listen, ""),
+		ListenFunc:      listen,
+		CacheDir:        repl.ReplaceKnown(m.CacheDir, ""),
+		CacheSize:       m.CacheSize,
+		CacheTTL:        time.Duration(m.CacheTTL),
+		Timeout:         time.Duration(m.Timeout),
+	}, ctx.Logger())
+	if err != nil {
+		return fmt.Errorf("images dimse: %w", err)
+	}
+	m.src = src
+	return nil
+}
+
+// Cleanup stops the receiver and removes the cache with every file in it.
+func (m *DIMSEImages) Cleanup() error {
+	if m.src == nil {
+		return nil
+	}
+	err := m.src.Close()
+	m.src = nil
+	return err
+}
+
+// LookupMode implements ImagesModule.
+func (m *DIMSEImages) LookupMode() imagesource.Lookup { return m.Lookup }
+
+// FindStudies implements imagesource.Source.
+func (m *DIMSEImages) FindStudies(ctx context.Context, q imagesource.Query) ([]imagesource.Study, error) {
+	return m.src.FindStudies(ctx, q)
+}
+
+// Retrieve implements imagesource.Source.
+func (m *DIMSEImages) Retrieve(w http.ResponseWriter, r *http.Request, req imagesource.Retrieval) error {
+	return m.src.Retrieve(w, r, req)
+}
+
+// Check sends a C-ECHO (readiness).
+func (m *DIMSEImages) Check(ctx context.Context) error { return m.src.Check(ctx) }
+
+// UnmarshalCaddyfile reads:
+//
+//	images dimse <host>:<port> {
+//		called_ae <AE>
+//		calling_ae <AE>
+//		retrieve c-get|c-move
+//		move_destination <AE>
+//		listen <address>
+//		cache_dir <dir>
+//		cache_size <size>
+//		cache_ttl <duration>
+//		timeout <duration>
+//		lookup studies-by-mrn|all-studies
+//	}
+func (m *DIMSEImages) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // "dimse"
+	if !d.NextArg() {
+		return d.Err("images dimse needs the PACS's host:port (e.g. pacs.internal:104)")
+	}
+	m.Address = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	one := func() (string, error) {
+		if !d.NextArg() {
+			return "", d.ArgErr()
+		}
+		v := d.Val()
+		if d.NextArg() {
+			return "", d.ArgErr()
+		}
+		return v, nil
+	}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		switch opt {
+		case "lookup":
+			lk, err := parseLookupArg(d)
+			if err != nil {
+				return err
+			}
+			m.Lookup = lk
+			continue
+		case "called_ae", "calling_ae", "retrieve", "move_destination", "listen", "cache_dir", "cache_size", "cache_ttl", "timeout":
+		default:
+			return d.Errf("unrecognized images dimse option '%s' (known: called_ae, calling_ae, retrieve, move_destination, listen, cache_dir, cache_size, cache_ttl, timeout, lookup)", opt)
+		}
+		v, err := one()
+		if err != nil {
+			return err
+		}
+		switch opt {
+		case "called_ae":
+			m.CalledAE = v
+		case "calling_ae":
+			m.CallingAE = v
+		case "retrieve":
+			if v != dimse.CGet && v != dimse.CMove {
+				return d.Errf("retrieve: %q: use c-get or c-move", v)
+			}
+			m.RetrieveMethod = v
+		case "move_destination":
+			m.MoveDestination = v
+		case "listen":
+			m.Listen = v
+		case "cache_dir":
+			m.CacheDir = v
+		case "cache_size":
+			n, err := humanize.ParseBytes(v)
+			if err != nil || n == 0 || n > 1<<62 {
+				return d.Errf("cache_size: %q is not a size such as 20GiB", v)
+			}
+			m.CacheSize = int64(n)
+		case "cache_ttl", "timeout":
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("%s: %q is not a positive duration", opt, v)
+			}
+			if opt == "cache_ttl" {
+				m.CacheTTL = caddy.Duration(dur)
+			} else {
+				m.Timeout = caddy.Duration(dur)
+			}
+		}
+	}
+	if m.CalledAE == "" || m.CallingAE == "" {
+		return d.Err("images dimse needs called_ae (the PACS's AE title) and calling_ae (the gateway's)")
+	}
+	return nil
+}
+
+// Interface guards.
+var (
+	_ ImagesModule          = (*DIMSEImages)(nil)
+	_ caddy.Provisioner     = (*DIMSEImages)(nil)
+	_ caddy.CleanerUpper    = (*DIMSEImages)(nil)
+	_ caddyfile.Unmarshaler = (*DIMSEImages)(nil)
+	_ checker               = (*DIMSEImages)(nil)
+)

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package dimsenet
+
+import "net"
+
+func quickAck(net.Conn) {}
