@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
+	"regexp"
 	"strings"
 	"time"
 
@@ -100,26 +102,95 @@ func (m *DualAuthz) EHRBaseURL() string { return m.impl.FHIRBaseURL() }
 // Check tests the EHR's discovery document (readiness).
 func (m *DualAuthz) Check(ctx context.Context) error { return m.impl.Check(ctx) }
 
-// serveDual answers the dual-launch endpoints of a route whose authorizer
-// is smart-on-fhir-independent: /oauth/* and the route's own
-// smart-configuration. It reports false for every other request.
+// routeAuthServer is implemented by authorizers that are the route's own
+// SMART authorization server (dual launch): they answer the /oauth/*
+// endpoints under the route and describe them for the route's public base.
+type routeAuthServer interface {
+	ServeOAuth(w http.ResponseWriter, r *http.Request, path, base string) bool
+	RouteSMARTConfiguration(base string) map[string]any
+}
+
+// RouteSMARTConfiguration is the route's smart-configuration: its own
+// /oauth/* endpoints under base, the route's public URL.
+func (m *DualAuthz) RouteSMARTConfiguration(base string) map[string]any {
+	return m.impl.SMARTConfiguration(base)
+}
+
+// ServeOAuth answers the route's /oauth/* endpoints.
+func (m *DualAuthz) ServeOAuth(w http.ResponseWriter, r *http.Request, path, base string) bool {
+	return m.impl.ServeOAuth(w, r, path, base)
+}
+
+// oauthActions are the audit actions (and metrics labels) of the /oauth/*
+// endpoints a route authorization server answers.
+var oauthActions = map[string]string{
+	"/oauth/authorize":    "oauth_authorize",
+	"/oauth/ehr-callback": "oauth_ehr_callback",
+	"/oauth/decision":     "oauth_decision",
+	"/oauth/token":        "oauth_token",
+}
+
+// serveDual answers the endpoints of a route whose authorizer is its own
+// authorization server (smart-on-fhir-independent): /oauth/* (audited and
+// counted like search and retrieve) and the route's smart-configuration.
+// It reports false for every other request.
 func (h *Handler) serveDual(w http.ResponseWriter, r *http.Request, path string) bool {
-	d, ok := h.authorizer.(*DualAuthz)
+	as, ok := h.authorizer.(routeAuthServer)
 	if !ok {
 		return false
 	}
 	base := h.publicBase(r)
-	switch {
-	case strings.HasPrefix(path, "/oauth/"):
-		return d.impl.ServeOAuth(w, r, path, base)
-	case path == "/fhir/.well-known/smart-configuration":
+	if action, ok := oauthActions[path]; ok {
+		_ = h.withAudit(w, r, action, func(w http.ResponseWriter, r *http.Request) error {
+			as.ServeOAuth(&oauthOutcomeWriter{ResponseWriter: w, rec: auditFrom(r)}, r, path, base)
+			return nil
+		})
+		return true
+	}
+	if path == "/fhir/.well-known/smart-configuration" {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)
-		_ = json.NewEncoder(w).Encode(d.impl.SMARTConfiguration(base))
+		_ = json.NewEncoder(w).Encode(as.RouteSMARTConfiguration(base))
 		return true
 	}
 	return false
 }
+
+// oauthOutcomeWriter records in the audit record whether an OAuth endpoint
+// refused, before the status is committed (and counted): an error status,
+// or a redirect carrying an OAuth error back to the app. The reason is the
+// OAuth error code only; never the URL (it holds codes and state).
+type oauthOutcomeWriter struct {
+	http.ResponseWriter
+	rec *auditRecord
+}
+
+var oauthErrorCode = regexp.MustCompile(`^[a-z_]{1,40}$`)
+
+func (o *oauthOutcomeWriter) WriteHeader(code int) {
+	reason := ""
+	switch {
+	case code >= 400:
+		reason = http.StatusText(code)
+	case code >= 300 && code < 400:
+		if u, err := url.Parse(o.Header().Get("Location")); err == nil {
+			if e := u.Query().Get("error"); e != "" {
+				if !oauthErrorCode.MatchString(e) {
+					e = "error"
+				}
+				reason = "redirected to the app with " + e
+			}
+		}
+	}
+	if reason != "" {
+		o.rec.allowed = false
+		o.rec.reason = reason
+	}
+	o.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (o *oauthOutcomeWriter) Unwrap() http.ResponseWriter { return o.ResponseWriter }
 
 // UnmarshalCaddyfile reads:
 //
@@ -238,4 +309,5 @@ var (
 	_ caddy.Provisioner     = (*DualAuthz)(nil)
 	_ caddyfile.Unmarshaler = (*DualAuthz)(nil)
 	_ fhirBaser             = (*DualAuthz)(nil)
+	_ routeAuthServer       = (*DualAuthz)(nil)
 )

@@ -22,14 +22,16 @@ func (h *Handler) serveMetadata(w http.ResponseWriter, r *http.Request) error {
 		return h.fail(w, r, &problem{Status: http.StatusMethodNotAllowed, Code: "not-supported", Message: "metadata supports GET only"})
 	}
 	opts := fhir.CapabilityOptions{BaseURL: h.publicBase(r) + "/fhir", CORS: h.cors != nil}
+	var doc map[string]any
 	if sc, ok := h.authorizer.(smartConfigurer); ok {
-		if doc, err := sc.SMARTConfiguration(r.Context()); err == nil {
-			opts.AuthorizeURL, _ = doc["authorization_endpoint"].(string)
-			opts.TokenURL, _ = doc["token_endpoint"].(string)
-			opts.IntrospectURL, _ = doc["introspection_endpoint"].(string)
-			opts.RevokeURL, _ = doc["revocation_endpoint"].(string)
-		}
+		doc, _ = sc.SMARTConfiguration(r.Context())
+	} else if as, ok := h.authorizer.(routeAuthServer); ok {
+		doc = as.RouteSMARTConfiguration(h.publicBase(r))
 	}
+	opts.AuthorizeURL, _ = doc["authorization_endpoint"].(string)
+	opts.TokenURL, _ = doc["token_endpoint"].(string)
+	opts.IntrospectURL, _ = doc["introspection_endpoint"].(string)
+	opts.RevokeURL, _ = doc["revocation_endpoint"].(string)
 	fhir.WriteJSON(w, http.StatusOK, fhir.NewCapabilityStatement(opts))
 	return nil
 }

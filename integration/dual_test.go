@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 
@@ -29,7 +30,7 @@ const (
 	dualVerifier = "dual-verifier-0123456789-0123456789-0123456789"
 )
 
-func dualConfig(ehr *testehr.EHR) string {
+func dualConfig(ehr *testehr.EHR, logFile string) string {
 	studies, _ := filepath.Abs("../examples/demo/studies")
 	signing := base64.StdEncoding.EncodeToString(make32(9))
 	route := func(prefix string) string {
@@ -54,7 +55,7 @@ func dualConfig(ehr *testehr.EHR) string {
 `, prefix, ehr.FHIRBase(), dualGateway, signing, smartMRNSystem, dualApp, dualRedirect, studies,
 			base64.StdEncoding.EncodeToString(testKey))
 	}
-	return testGlobals + "\tgrace_period 1ns\n}\nhttp://localhost:9080 {\n" + route("dual") + route("dual2") +
+	return testGlobals + globalLogOption(logFile) + "\tgrace_period 1ns\n}\nhttp://localhost:9080 {\n" + route("dual") + route("dual2") +
 		fmt.Sprintf(`	handle_path /smart/* {
 		smart_imaging {
 			authz smart-on-fhir {
@@ -86,7 +87,9 @@ func TestDualLaunchThroughCaddy(t *testing.T) {
 	ehr.SetPatientJSON(demoPatient, []byte(`{"resourceType":"Patient","id":"`+demoPatient+`","name":[{"text":"<img src=x onerror=alert(1)>"}],
 		"identifier":[{"system":"`+smartMRNSystem+`","value":"`+demoMRN+`"}]}`))
 	tc := caddytest.NewTester(t)
-	tc.InitServer(dualConfig(ehr), "caddyfile")
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	tc.InitServer(dualConfig(ehr, logFile), "caddyfile")
+	countsBefore := opsRequestCounts(t)
 
 	// Discovery names the endpoints and both capabilities.
 	var sc map[string]any
@@ -200,6 +203,53 @@ func TestDualLaunchThroughCaddy(t *testing.T) {
 		!strings.Contains(page, "viewer.example/callback?error=invalid_request") {
 		t.Errorf("no PKCE: %q", page[:min(len(page), 120)])
 	}
+	// The CapabilityStatement names the route's own OAuth endpoints.
+	md, _ := getJSON(t, tc, base+"/dual/fhir/metadata", http.StatusOK)
+	if b, _ := json.Marshal(md); !strings.Contains(string(b), `"valueUri":"`+base+`/dual/oauth/authorize"`) ||
+		!strings.Contains(string(b), `"valueUri":"`+base+`/dual/oauth/token"`) {
+		t.Errorf("/dual/fhir/metadata does not list the OAuth endpoints: %s", b)
+	}
+	// /oauth/* requests are counted and audited like search and retrieve,
+	// without any code, token, verifier or state in the audit lines.
+	after := opsRequestCounts(t)
+	for k, want := range map[string]float64{
+		"/dual oauth_authorize ok 302":      2, // the two launches (code, code2)
+		"/dual oauth_ehr_callback ok 200":   2, // their consent pages
+		"/dual oauth_decision ok 302":       2,
+		"/dual oauth_token ok 200":          1,
+		"/dual oauth_token refused 400":     1, // the replayed code
+		"/dual2 oauth_token refused 400":    1, // code2 at the twin route
+		"/dual oauth_authorize refused 400": 1, // unregistered redirect_uri: error page
+		"/dual oauth_authorize refused 302": 1, // no PKCE: sent back with an error
+	} {
+		if got := after[k] - countsBefore[k]; got != want {
+			t.Errorf("%s grew by %v, want %v", k, got, want)
+		}
+	}
+	secrets := []string{code, code2, access, dualVerifier, "s1"}
+	var audited int
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		audited = 0
+		for _, l := range readLogLines(t, logFile) {
+			if strings.Contains(l, `"logger":"http.handlers.smart_imaging.audit"`) && strings.Contains(l, `"action":"oauth_`) {
+				audited++
+				for _, s := range secrets {
+					if strings.Contains(l, `"`+s+`"`) || (len(s) > 8 && strings.Contains(l, s)) {
+						t.Errorf("an audit line holds a secret (%.6s…): %s", s, l)
+					}
+				}
+			}
+		}
+		if audited >= 11 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if audited < 11 {
+		t.Errorf("%d audit lines for /oauth/* requests, want 11", audited)
+	}
+
 	// Other routes' /oauth is not served.
 	resp, _ = plainGet(t, http.DefaultClient, base+"/smart/oauth/authorize")
 	if resp.StatusCode != http.StatusNotFound {

@@ -44,14 +44,17 @@ const (
 	viewerGatewaySecretEnv = "SIA_VIEWER_GATEWAY_SECRET"
 	viewerMRNSystem        = "urn:sia:viewer-test:mrn"
 	ehrLaunchContext       = "launch-123"
+	viewerDualGateway      = "viewer-dual-gateway"
 	waitTimeout            = 20 * time.Second
 )
 
 // viewerConfig is the demo's routes plus the viewer, a SMART route (the
 // imaging server of the SMART launch: authz smart-on-fhir, which
 // introspects the viewer's access token at the test EHR), and a route
-// whose PACS (DICOMweb upstream) is down. Global options as in demoConfig: one Caddy serves
-// every test of the package.
+// whose PACS (DICOMweb upstream) is down, and a dual-launch route (authz
+// smart-on-fhir-independent, chained to the same test EHR, the viewer
+// registered as a public app). Global options as in demoConfig: one Caddy
+// serves every test of the package.
 func viewerConfig(gatewayEHR string, downPort int) string {
 	studies, _ := filepath.Abs("../examples/demo/studies")
 	viewer, _ := filepath.Abs("../examples/viewer")
@@ -99,6 +102,24 @@ http://localhost:9080 {
 			study_token_key %[2]s
 		}
 	}
+	# Dual launch: the route is its own SMART authorization server.
+	handle_path /dual/* {
+		smart_imaging {
+			authz smart-on-fhir-independent {
+				fhir_base_url %[6]s
+				client_id %[11]s
+				signing_key %[12]s
+				mrn_system %[9]s
+				app %[13]s {
+					redirect_uri %[14]s
+				}
+			}
+			images folder %[1]s {
+				lookup studies-by-mrn
+			}
+			study_token_key %[2]s
+		}
+	}
 	# The patient route in front of a PACS that is down.
 	handle_path /pacs-down/* {
 		smart_imaging {
@@ -112,7 +133,8 @@ http://localhost:9080 {
 		}
 	}
 }
-`, studies, key, demoPatient, demoMRN, viewer, gatewayEHR, viewerGatewayClient, viewerGatewaySecretEnv, viewerMRNSystem, downPort)
+`, studies, key, demoPatient, demoMRN, viewer, gatewayEHR, viewerGatewayClient, viewerGatewaySecretEnv, viewerMRNSystem, downPort,
+		viewerDualGateway, base64.StdEncoding.EncodeToString(make32(23)), viewerClient, viewerURL)
 }
 
 func TestViewerInBrowser(t *testing.T) {
@@ -237,6 +259,87 @@ func TestViewerInBrowser(t *testing.T) {
 		p.waitFor("the patient read from the EHR", `document.getElementById('patient').textContent.includes('Danae Kshlerin')`)
 		p.mustHaveNoErrors()
 		ehr.check(t, exchanged+1)
+	})
+
+	t.Run("dual launch: EHR login, second launch at the gateway, consent, images", func(t *testing.T) {
+		// The EHR here is the real code flow of the test EHR (login page,
+		// session cookie, prompt=none); the viewer and the gateway are both
+		// its clients. The EHR names the dual route as its imaging server.
+		dehr := ehr.gateway
+		dehr.AllowBrowsers()
+		dehr.RegisterClient(testehr.Client{ID: viewerClient, RedirectURIs: []string{viewerURL}})
+		dehr.RegisterClient(testehr.Client{ID: viewerDualGateway, RedirectURIs: []string{base + "/dual/oauth/ehr-callback"}})
+		dehr.SetPatientJSON(demoPatient, []byte(`{"resourceType":"Patient","id":"`+demoPatient+`",
+			"name":[{"family":"Kshlerin","given":["Danae"]}],"birthDate":"1971-05-04",
+			"identifier":[{"system":"`+viewerMRNSystem+`","value":"`+demoMRN+`"}]}`))
+		dehr.SetDiscovery("associated_endpoints", []any{map[string]any{"url": base + "/dual/fhir",
+			"capabilities": []string{"smart-imaging-access", "smart-imaging-access-dual-launch"}}})
+		t.Cleanup(func() { dehr.SetDiscovery("associated_endpoints", nil) })
+
+		p := b.newPage(t)
+		p.navigate(viewerURL + "?" + url.Values{"iss": {dehr.FHIRBase()}, "client_id": {viewerClient},
+			"launch": {ehrLaunchContext}, "label": {"Dual"}}.Encode())
+		// 1. The EHR launch: no EHR session yet, so the EHR's login form.
+		p.waitFor("the EHR login form", `!!document.querySelector('form input[name=login_patient]')`)
+		p.eval(fmt.Sprintf(`document.querySelector('input[name=login_patient]').value = %q`, demoPatient))
+		p.screenshot("artifacts/viewer-dual-ehr-login.png")
+		p.click(`form button[name=approve]`)
+		// 2. The viewer redeems the EHR code, reads the imaging server's
+		// smart-configuration and launches again there; the gateway rides
+		// the EHR session (prompt=none) and asks for consent.
+		p.waitFor("the gateway's consent page", `!!document.querySelector('form[action=decision] button#approve')`)
+		if ehrAuth := dehr.LastAuthorizeRequest(); ehrAuth.Get("client_id") != viewerDualGateway || ehrAuth.Get("prompt") != "none" {
+			t.Errorf("the gateway's trip to the EHR: client_id %q prompt %q, want %s with prompt=none",
+				ehrAuth.Get("client_id"), ehrAuth.Get("prompt"), viewerDualGateway)
+		}
+		var consent string
+		_ = json.Unmarshal(p.eval(`document.body.innerText`), &consent)
+		if !strings.Contains(consent, "Kshlerin") {
+			t.Errorf("the consent page does not name the patient:\n%s", consent)
+		}
+		p.screenshot("artifacts/viewer-dual-consent.png")
+		p.click(`button#approve`)
+		// 3. Back in the viewer: the gateway's token finds the patient's studies.
+		p.waitFor("the patient's studies after the dual launch", `document.querySelectorAll('#studies tbody tr').length === 2`)
+		p.waitFor("the patient read from the EHR", `document.getElementById('patient').textContent.includes('Danae Kshlerin')`)
+		if got := p.eval(`location.search`); string(got) != `""` {
+			t.Errorf("an authorization code stays in the address bar: %s", got)
+		}
+		var sess struct{ AccessToken, ImagingToken, Imaging string }
+		_ = json.Unmarshal(p.eval(`JSON.parse(sessionStorage.getItem('sia-viewer.session'))`), &sess)
+		if sess.ImagingToken == "" || sess.ImagingToken == sess.AccessToken || sess.Imaging != base+"/dual/fhir" {
+			t.Errorf("the session does not hold a gateway token for %s/dual/fhir apart from the EHR's: imaging %q, gateway token set %v",
+				base, sess.Imaging, sess.ImagingToken != "")
+		}
+		// The EHR's own token is no good at the dual route: the studies
+		// were found with the gateway's.
+		withEHRToken := *tc
+		withEHRToken.Client = &http.Client{Transport: bearerTransport{tok: sess.AccessToken, next: tc.Client.Transport}}
+		getJSON(t, &withEHRToken, base+"/dual/fhir/ImagingStudy?patient="+demoPatient, http.StatusUnauthorized)
+		p.click(`#studies tbody tr[data-uid="2.25.2718281828459045235360287.1.1.1"]`)
+		p.waitFor("the series list", `document.querySelectorAll('#series tbody tr').length === 2`)
+		p.click(`#series tbody tr[data-uid="2.25.2718281828459045235360287.1.1.1.1"]`)
+		p.waitImage("1/1")
+		p.canvasStats().mustShowAnImage(t, "image retrieved with the gateway's token")
+		p.screenshot("artifacts/viewer-dual.png")
+		p.mustHaveNoErrors()
+
+		// Again, now with the EHR session in the browser: no login form, both
+		// launches ride it up to the consent page, where the user denies.
+		d := b.newPage(t)
+		d.expectError = true
+		d.navigate(viewerURL + "?" + url.Values{"iss": {dehr.FHIRBase()}, "client_id": {viewerClient},
+			"launch": {ehrLaunchContext}, "label": {"Dual"}}.Encode())
+		d.waitFor("the consent page, without an EHR login", `!!document.querySelector('form[action=decision] button#deny')`)
+		d.click(`button#deny`)
+		d.waitFor("an error message", `!document.getElementById('error').hidden`)
+		if msg := d.text("error"); !strings.Contains(msg, "The imaging server did not authorize the viewer: access_denied") {
+			t.Errorf("after denying at the consent page the viewer says %q", msg)
+		}
+		if sel := d.eval(`document.getElementById('server').selectedOptions[0].textContent`); strings.Contains(string(sel), "connected") {
+			t.Errorf("after denying, the viewer shows %s", sel)
+		}
+		d.screenshot("artifacts/viewer-dual-denied.png")
 	})
 
 	t.Run("errors are readable messages", func(t *testing.T) {

@@ -50,12 +50,40 @@ type codeFlow struct {
 	resources map[string][]byte
 	lastAuth  url.Values
 	idTokenFn func(map[string]any)
+	cors      bool
 }
 
 func (e *EHR) routeCodeFlow(mux *http.ServeMux) {
 	mux.HandleFunc("GET /auth/authorize", e.wrap(Authorize, e.serveAuthorize))
 	mux.HandleFunc("POST /auth/authorize", e.wrap(Authorize, e.serveLogin))
 	mux.HandleFunc("GET /fhir/Practitioner/{id}", e.wrap(Patient, e.serveResource("Practitioner")))
+}
+
+// AllowBrowsers makes the EHR answer cross-origin requests from any page
+// (CORS), as an EHR does for browser apps: a SMART app in a browser reads
+// discovery, redeems its code and reads Patient with fetch.
+func (e *EHR) AllowBrowsers() {
+	e.mu.Lock()
+	e.codeFlow.cors = true
+	e.mu.Unlock()
+}
+
+func (e *EHR) browserCORS(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.mu.Lock()
+		cors := e.codeFlow.cors
+		e.mu.Unlock()
+		if cors && r.Header.Get("Origin") != "" {
+			w.Header().Set("Access-Control-Allow-Origin", "*")
+			if r.Method == http.MethodOptions {
+				w.Header().Set("Access-Control-Allow-Methods", "GET, POST")
+				w.Header().Set("Access-Control-Allow-Headers", "Authorization, Accept, Content-Type")
+				w.WriteHeader(http.StatusNoContent)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // AuthorizeEndpoint is the OAuth authorization endpoint.

@@ -195,7 +195,7 @@ func New(tb testing.TB) *EHR {
 	mux.HandleFunc("GET /auth/jwks", e.wrap(JWKS, e.serveJWKS))
 	mux.HandleFunc("GET /fhir/Patient/{id}", e.wrap(Patient, e.servePatient))
 	e.routeCodeFlow(mux)
-	e.srv = httptest.NewServer(mux)
+	e.srv = httptest.NewServer(e.browserCORS(mux))
 	e.issuer = e.srv.URL + "/auth"
 	tb.Cleanup(e.Close)
 	return e

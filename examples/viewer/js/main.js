@@ -3,7 +3,7 @@
 import { searchStudies, readPatient } from './fhir.js';
 import { seriesMetadata, seriesURL, fetchFrame, fetchRendered } from './dicomweb.js';
 import { decodeFrame, windowed } from './pixels.js';
-import { authorize, completeLaunch, currentSession, endSession } from './smart.js';
+import { authorize, completeLaunch, continueWithImagingServer, currentSession, endSession } from './smart.js';
 import { ViewerError } from './http.js';
 
 const $ = (id) => document.getElementById(id);
@@ -76,8 +76,10 @@ function cell(tr, text) {
 
 // ---- servers -----------------------------------------------------------
 
+/** The token for search and WADO: the imaging server's own after a dual launch, else the EHR's. */
 function token() {
-	return state.server && state.server.session ? state.server.session.accessToken : undefined;
+	const s = state.server && state.server.session;
+	return s ? s.imagingToken || s.accessToken : undefined;
 }
 
 async function loadConfig() {
@@ -106,6 +108,8 @@ function serversFromURL(params) {
 				scope: params.get('scope') || '',
 				imaging: params.get('imaging') || '',
 				launch: params.get('launch') || '',
+				imagingClientId: params.get('imaging_client_id') || '',
+				imagingScope: params.get('imaging_scope') || '',
 			},
 		});
 	}
@@ -481,6 +485,18 @@ async function start() {
 	}
 	session = session || (launchError ? null : currentSession());
 	if (session) {
+		try {
+			status('Asking the imaging server how to authorize…');
+			if (await continueWithImagingServer(session)) {
+				status('Redirecting to the imaging server to authorize imaging access…');
+				return;
+			}
+		} catch (e) {
+			endSession();
+			await selectServer(state.servers[0]);
+			showError(e);
+			return;
+		}
 		const entry = { label: session.label, session };
 		state.servers.unshift(entry);
 		await selectServer(entry);
