@@ -35,6 +35,7 @@ func TestMissingOrthancFailsWhenRequired(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Setenv(RequireEnv, c.require)
+			t.Setenv("SIA_REQUIRE_DIMSE", "")
 			o := &outcomeTB{TB: t}
 			skipUnless(o, c.short, c.present)
 			if (o.failed != "") != c.wantFail || (o.skipped != "") != c.wantSkip {
