@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // Principal is the caller as an Authorizer established it.
@@ -45,7 +47,7 @@ type Authorizer interface {
 	Authorize(r *http.Request) (*Principal, error)
 	// PatientKeys returns the PACS PatientID values (MRNs) of the
 	// principal's patient. Failures are *Error.
-	PatientKeys(ctx context.Context, p *Principal) ([]string, error)
+	PatientKeys(ctx context.Context, p *Principal) ([]pacskey.PatientKey, error)
 	// PatientIdentifiers returns the identifiers those values come from,
 	// each with its system, so that patient.identifier=system|value is
 	// matched on both. Failures are *Error.

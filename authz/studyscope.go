@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"slices"
 
-	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // Token is a patient.identifier search value: system|value. HasSystem
@@ -30,13 +30,13 @@ type StudySearch struct {
 // those whose PACS PatientID is one of PatientKeys.
 type StudyScope struct {
 	All         bool
-	PatientKeys []string
+	PatientKeys []pacskey.PatientKey
 }
 
 // PatientLookup is the part of an Authorizer that names a principal's
 // patient in PACS terms.
 type PatientLookup interface {
-	PatientKeys(ctx context.Context, p *Principal) ([]string, error)
+	PatientKeys(ctx context.Context, p *Principal) ([]pacskey.PatientKey, error)
 	PatientIdentifiers(ctx context.Context, p *Principal) ([]Identifier, error)
 }
 
@@ -49,7 +49,7 @@ type PatientLookup interface {
 // Refusals are *Error.
 func ScopeStudies(ctx context.Context, az PatientLookup, p *Principal, s StudySearch) (StudyScope, error) {
 	var scope StudyScope
-	var keys []string
+	var keys []pacskey.PatientKey
 	if !p.Unrestricted || !s.AllStudies && len(s.PatientIdentifiers) == 0 {
 		if s.AllStudies {
 			// Provision refuses this combination; never widen access.
@@ -77,15 +77,16 @@ func ScopeStudies(ctx context.Context, az PatientLookup, p *Principal, s StudySe
 				return scope, err
 			}
 		}
-		var wanted []string
+		var wanted []pacskey.PatientKey
 		for _, t := range s.PatientIdentifiers {
-			if err := imagesource.CheckPatientKey(t.Value); err != nil {
+			key, err := pacskey.Parse(t.Value)
+			if err != nil {
 				return scope, &Error{Status: http.StatusBadRequest, Code: "invalid", Message: "patient.identifier: " + err.Error()}
 			}
-			if !p.Unrestricted && (!AnyMatchesToken(idents, t.System, t.HasSystem, t.Value) || !slices.Contains(keys, t.Value)) {
+			if !p.Unrestricted && (!AnyMatchesToken(idents, t.System, t.HasSystem, t.Value) || !slices.Contains(keys, key)) {
 				return scope, Forbidden("patient.identifier does not name an identifier of the patient this access token is bound to (system and value must both match)")
 			}
-			wanted = append(wanted, t.Value)
+			wanted = append(wanted, key)
 		}
 		keys = wanted
 	}
@@ -98,7 +99,7 @@ func ScopeStudies(ctx context.Context, az PatientLookup, p *Principal, s StudySe
 			Message: "this route looks studies up by MRN: give patient.identifier=system|MRN"}
 	}
 	for _, k := range keys {
-		if err := imagesource.CheckPatientKey(k); err != nil {
+		if err := pacskey.Check(string(k)); err != nil {
 			return scope, Forbidden("the patient's PACS key is unusable: " + err.Error())
 		}
 	}

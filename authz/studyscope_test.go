@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"slices"
 	"testing"
+
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // patientLookup answers for one patient with fixed identifiers and counts
@@ -17,14 +19,14 @@ type patientLookup struct {
 	identCalls int
 }
 
-func (l *patientLookup) PatientKeys(context.Context, *Principal) ([]string, error) {
+func (l *patientLookup) PatientKeys(context.Context, *Principal) ([]pacskey.PatientKey, error) {
 	l.keyCalls++
 	if l.err != nil {
 		return nil, l.err
 	}
-	var keys []string
+	var keys []pacskey.PatientKey
 	for _, id := range l.idents {
-		keys = append(keys, id.Value)
+		keys = append(keys, pacskey.PatientKey(id.Value))
 	}
 	return keys, nil
 }
@@ -50,13 +52,13 @@ func TestScopeStudies(t *testing.T) {
 		noIdent bool   // PatientIdentifiers must not be asked
 	}{
 		{name: "bound: all the patient's keys", p: bound, idents: mrn,
-			want: StudyScope{PatientKeys: []string{"MRN-1", "X-9"}}, noIdent: true},
+			want: StudyScope{PatientKeys: []pacskey.PatientKey{"MRN-1", "X-9"}}, noIdent: true},
 		{name: "bound: identifier narrows to one key", p: bound, idents: mrn,
 			search: StudySearch{PatientIdentifiers: []Token{{System: mrnSys, HasSystem: true, Value: "MRN-1"}}},
-			want:   StudyScope{PatientKeys: []string{"MRN-1"}}},
+			want:   StudyScope{PatientKeys: []pacskey.PatientKey{"MRN-1"}}},
 		{name: "bound: value alone matches under any system", p: bound, idents: mrn,
 			search: StudySearch{PatientIdentifiers: []Token{{Value: "X-9"}}},
-			want:   StudyScope{PatientKeys: []string{"X-9"}}},
+			want:   StudyScope{PatientKeys: []pacskey.PatientKey{"X-9"}}},
 		{name: "bound: right value, wrong system", p: bound, idents: mrn,
 			search: StudySearch{PatientIdentifiers: []Token{{System: "urn:other", HasSystem: true, Value: "MRN-1"}}},
 			status: http.StatusForbidden, code: "forbidden"},
@@ -80,10 +82,10 @@ func TestScopeStudies(t *testing.T) {
 			want: StudyScope{All: true}},
 		{name: "open: identifier is the key", p: open,
 			search:  StudySearch{PatientIdentifiers: []Token{{System: mrnSys, HasSystem: true, Value: "ANY-1"}}},
-			want:    StudyScope{PatientKeys: []string{"ANY-1"}},
+			want:    StudyScope{PatientKeys: []pacskey.PatientKey{"ANY-1"}},
 			noIdent: true},
 		{name: "open: by MRN without identifier uses the configured keys", p: open, idents: mrn,
-			want: StudyScope{PatientKeys: []string{"MRN-1", "X-9"}}},
+			want: StudyScope{PatientKeys: []pacskey.PatientKey{"MRN-1", "X-9"}}},
 		{name: "open: by MRN with neither identifier nor keys", p: open,
 			status: http.StatusForbidden, code: "forbidden"},
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/authz"
 	"github.com/smart-imaging/smart_imaging/authz/smart"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 func init() {
@@ -126,7 +127,7 @@ func (m *SmartAuthz) Authorize(r *http.Request) (*authz.Principal, error) {
 }
 
 // PatientKeys implements authz.Authorizer.
-func (m *SmartAuthz) PatientKeys(ctx context.Context, p *authz.Principal) ([]string, error) {
+func (m *SmartAuthz) PatientKeys(ctx context.Context, p *authz.Principal) ([]pacskey.PatientKey, error) {
 	return m.impl.PatientKeys(ctx, p)
 }
 

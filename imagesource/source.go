@@ -13,6 +13,7 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // Lookup names how a route finds the studies a search may return.
@@ -39,9 +40,9 @@ func ParseLookup(s string) (Lookup, error) {
 type Query struct {
 	// All lists every study; PatientIDs is then ignored.
 	All bool
-	// PatientIDs are exact PACS PatientID values (already checked by
-	// CheckPatientKey). A study matches when its PatientID equals one of them.
-	PatientIDs []string
+	// PatientIDs are exact PACS PatientID values (from pacskey.Parse). A
+	// study matches when its PatientID equals one of them.
+	PatientIDs []pacskey.PatientKey
 	// StudyUIDs, when not empty, restricts the answer to these studies.
 	StudyUIDs []string
 }

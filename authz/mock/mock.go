@@ -13,7 +13,7 @@ import (
 	"strings"
 
 	"github.com/smart-imaging/smart_imaging/authz"
-	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // DefaultScopes are granted when Config.Scopes is empty.
@@ -62,7 +62,7 @@ func New(c Config) (*Authorizer, error) {
 		return nil, fmt.Errorf("mock authorizer: patient %q is not a FHIR id (letters, digits, '-' and '.', at most 64)", c.Patient)
 	}
 	for _, mrn := range c.MRN {
-		if err := imagesource.CheckPatientKey(mrn); err != nil {
+		if err := pacskey.Check(mrn); err != nil {
 			return nil, fmt.Errorf("mock authorizer: mrn %q: %w", mrn, err)
 		}
 	}
@@ -106,14 +106,18 @@ func (a *Authorizer) Authorize(r *http.Request) (*authz.Principal, error) {
 }
 
 // PatientKeys returns the configured MRNs of the configured patient.
-func (a *Authorizer) PatientKeys(_ context.Context, p *authz.Principal) ([]string, error) {
+func (a *Authorizer) PatientKeys(_ context.Context, p *authz.Principal) ([]pacskey.PatientKey, error) {
 	if p == nil || p.Patient == "" || p.Patient != a.patient {
 		return nil, authz.Forbidden("the mock authorizer knows no MRN for this patient")
 	}
 	if len(a.cfg.MRN) == 0 {
 		return nil, authz.Forbidden("mock patient " + a.patient + " has no MRN configured")
 	}
-	return slices.Clone(a.cfg.MRN), nil
+	keys := make([]pacskey.PatientKey, len(a.cfg.MRN))
+	for i, mrn := range a.cfg.MRN {
+		keys[i] = pacskey.PatientKey(mrn) // checked by New
+	}
+	return keys, nil
 }
 
 // PatientIdentifiers returns the configured MRNs with the configured
@@ -125,7 +129,7 @@ func (a *Authorizer) PatientIdentifiers(ctx context.Context, p *authz.Principal)
 	}
 	ids := make([]authz.Identifier, len(keys))
 	for i, k := range keys {
-		ids[i] = authz.Identifier{System: a.cfg.MRNSystem, Value: k}
+		ids[i] = authz.Identifier{System: a.cfg.MRNSystem, Value: string(k)}
 	}
 	return ids, nil
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/smart-imaging/smart_imaging/authz"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 const patientID = "87a339d0-8cae-418e-89c7-8651e6aab3c6"
@@ -132,7 +133,7 @@ func TestPatientKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(keys, []string{"MRN-1", "MRN-2"}) {
+	if !reflect.DeepEqual(keys, []pacskey.PatientKey{"MRN-1", "MRN-2"}) {
 		t.Fatalf("PatientKeys = %v", keys)
 	}
 	keys[0] = "changed"

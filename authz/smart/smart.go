@@ -43,6 +43,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/smart-imaging/smart_imaging/authz"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // maxTokenLen bounds the bearer tokens considered at all.
@@ -91,7 +92,7 @@ type callerToken struct {
 }
 
 type patientEntry struct {
-	keys   []string
+	keys   []pacskey.PatientKey
 	idents []authz.Identifier // the identifiers keys come from
 	deny   *authz.Error
 }
