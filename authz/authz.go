@@ -8,11 +8,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/smart-imaging/smart_imaging/internal/httpproblem"
 	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
@@ -99,32 +99,11 @@ func RouteFHIRBase(ctx context.Context) string {
 	return s
 }
 
-// Error is an authorization failure with the status the client should see.
-type Error struct {
-	// Status is 401, 403, 502, 503 or 504.
-	Status int
-	// Code is the FHIR issue code ("login", "forbidden", "security",
-	// "transient", "timeout").
-	Code string
-	// Message explains the refusal without echoing secrets.
-	Message string
-	// Challenge is the WWW-Authenticate value for a 401 or a 403
-	// insufficient_scope.
-	Challenge string
-	// RetryAfter, when set, becomes a Retry-After header (503).
-	RetryAfter time.Duration
-	// Err is the underlying cause, for logs.
-	Err error
-}
-
-func (e *Error) Error() string {
-	if e.Err != nil {
-		return fmt.Sprintf("%s: %v", e.Message, e.Err)
-	}
-	return e.Message
-}
-
-func (e *Error) Unwrap() error { return e.Err }
+// Error is an authorization failure with the status the client should
+// see: 401 (code "login", with a Challenge), 403 ("forbidden", "security"),
+// or an EHR failure (502, 503, 504). It is the one problem type every part
+// of the gateway reports (httpproblem.Problem).
+type Error = httpproblem.Problem
 
 // Unauthorized is a 401 for a missing or invalid token.
 func Unauthorized(msg string, cause error) *Error {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/authz"
 	"github.com/smart-imaging/smart_imaging/authz/smart"
+	"github.com/smart-imaging/smart_imaging/internal/upstream"
 	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
@@ -89,7 +90,7 @@ func (m *SmartAuthz) Provision(ctx caddy.Context) error {
 			cfg.Audience = []string{base}
 		}
 	}
-	client := &http.Client{Timeout: smart.DefaultTimeout, CheckRedirect: noRedirects}
+	client := &http.Client{Timeout: smart.DefaultTimeout, Transport: upstream.NewTransport(), CheckRedirect: upstream.NoRedirects}
 	if cfg.Timeout > 0 {
 		client.Timeout = time.Duration(cfg.Timeout)
 	}

@@ -6,13 +6,12 @@ package imagesource
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
-	"time"
 
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
+	"github.com/smart-imaging/smart_imaging/internal/httpproblem"
 	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
@@ -88,40 +87,15 @@ type Source interface {
 }
 
 // Error is a failure a source reports, carrying the HTTP status the client
-// should see.
-type Error struct {
-	// Status is the HTTP status: 400, 404, 406 for the request; 502, 503, 504
-	// for the upstream.
-	Status int
-	// Code is the FHIR OperationOutcome issue code ("not-found",
-	// "not-supported", "transient", "timeout", "exception", …).
-	Code string
-	// Message says what went wrong in words a client developer understands.
-	// It never holds credentials.
-	Message string
-	// RetryAfter, when set, becomes a Retry-After header (503).
-	RetryAfter time.Duration
-	// Err is the underlying cause, for logs.
-	Err error
-}
-
-func (e *Error) Error() string {
-	if e.Err != nil {
-		return fmt.Sprintf("%s: %v", e.Message, e.Err)
-	}
-	return e.Message
-}
-
-func (e *Error) Unwrap() error { return e.Err }
+// should see: 400, 404, 406 for the request; 502, 503, 504 for the
+// upstream. It is the one problem type every part of the gateway reports
+// (httpproblem.Problem).
+type Error = httpproblem.Problem
 
 // Errorf builds an *Error with a formatted message.
 func Errorf(status int, code, format string, args ...any) *Error {
-	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+	return httpproblem.Errorf(status, code, format, args...)
 }
 
 // AsError finds an *Error in err's chain.
-func AsError(err error) (*Error, bool) {
-	var e *Error
-	ok := errors.As(err, &e)
-	return e, ok
-}
+func AsError(err error) (*Error, bool) { return httpproblem.As(err) }

@@ -21,10 +21,11 @@
 // Statuses: no token, or an invalid, inactive, expired or foreign one: 401
 // with WWW-Authenticate: Bearer error="invalid_token". Scopes without a
 // patient-level ImagingStudy read: 403 with error="insufficient_scope". No
-// patient in context: 403 (never treated as system access). EHR
-// unreachable, or answering 429/502/503/504: 503 with Retry-After. EHR not
-// answering within the timeout: 504 with Retry-After (the client may retry
-// as for a 503). EHR answering something the protocol does not allow: 502.
+// patient in context: 403 (never treated as system access). EHR answering
+// 429/502/503/504: 503 with Retry-After. EHR unreachable: 502; not
+// answering within the timeout: 504 with Retry-After (the rule every
+// upstream shares, internal/upstream). EHR answering something the
+// protocol does not allow: 502.
 package smart
 
 import (

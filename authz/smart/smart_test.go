@@ -453,14 +453,14 @@ func TestEHRDown(t *testing.T) {
 		f := setup(t, nil)
 		f.ehr.Close()
 		_, err := f.authorize("any-token")
-		mustRefuse(t, err, 503, "")
+		mustRefuse(t, err, 502, "")
 	})
 	t.Run("cold jwt", func(t *testing.T) {
 		f := setup(t, jwtMode)
 		tok := f.issue(testehr.TokenSpec{Format: testehr.JWT, Patient: "123", Aud: []string{routeBase}})
 		f.ehr.Close()
 		_, err := f.authorize(tok)
-		mustRefuse(t, err, 503, "")
+		mustRefuse(t, err, 502, "")
 	})
 	t.Run("warm", func(t *testing.T) {
 		f := setup(t, nil)
@@ -477,7 +477,7 @@ func TestEHRDown(t *testing.T) {
 			t.Fatalf("cached patient keys: %v", err)
 		}
 		_, err := f.authorize(b)
-		mustRefuse(t, err, 503, "")
+		mustRefuse(t, err, 502, "")
 	})
 }
 
