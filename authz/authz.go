@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smart-imaging/smart_imaging/internal/fhirid"
 	"github.com/smart-imaging/smart_imaging/internal/httpproblem"
 	"github.com/smart-imaging/smart_imaging/pacskey"
 )
@@ -149,7 +150,7 @@ func BearerToken(r *http.Request) string {
 // "https://ehr/fhir/Patient/123" to "123". fhirBase, when given, must prefix
 // an absolute reference, and "Patient/" must follow it. It reports false for
 // anything else (another resource type, a different server, an empty id, an
-// id that is not a FHIR id).
+// id that is not a FHIR id by fhirid.Valid).
 func PatientIDFromReference(ref, fhirBase string) (string, bool) {
 	ref = strings.TrimSpace(ref)
 	if strings.Contains(ref, "://") {
@@ -163,25 +164,10 @@ func PatientIDFromReference(ref, fhirBase string) (string, bool) {
 		ref = strings.TrimPrefix(ref, base)
 	}
 	ref = strings.TrimPrefix(ref, "Patient/")
-	if !isFHIRID(ref) {
+	if !fhirid.Valid(ref) {
 		return "", false
 	}
 	return ref, true
-}
-
-// isFHIRID reports whether s is a FHIR id ([A-Za-z0-9\-\.]{1,64}) that is
-// also safe as a URL path segment (not "." or "..").
-func isFHIRID(s string) bool {
-	if s == "" || len(s) > 64 || strings.Trim(s, ".") == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
-			return false
-		}
-	}
-	return true
 }
 
 // CheckPatientParam enforces patient binding on a search parameter value:

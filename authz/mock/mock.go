@@ -8,11 +8,11 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"regexp"
 	"slices"
 	"strings"
 
 	"github.com/smart-imaging/smart_imaging/authz"
+	"github.com/smart-imaging/smart_imaging/internal/fhirid"
 	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
@@ -50,16 +50,13 @@ type Authorizer struct {
 
 var _ authz.Authorizer = (*Authorizer)(nil)
 
-// fhirID is the FHIR id datatype.
-var fhirID = regexp.MustCompile(`^[A-Za-z0-9.-]{1,64}$`)
-
 // New validates c and returns the authorizer.
 func New(c Config) (*Authorizer, error) {
 	if c.Patient == "" && !c.DisableAuthzChecks {
 		return nil, errors.New("mock authorizer: patient is required unless disable_authz_checks is set")
 	}
-	if c.Patient != "" && !fhirID.MatchString(c.Patient) {
-		return nil, fmt.Errorf("mock authorizer: patient %q is not a FHIR id (letters, digits, '-' and '.', at most 64)", c.Patient)
+	if c.Patient != "" && !fhirid.Valid(c.Patient) {
+		return nil, fmt.Errorf("mock authorizer: patient %q is not a FHIR id (letters, digits, '-' and '.', at most 64, not only dots)", c.Patient)
 	}
 	for _, mrn := range c.MRN {
 		if err := pacskey.Check(mrn); err != nil {

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/smart-imaging/smart_imaging/authz"
+	"github.com/smart-imaging/smart_imaging/internal/fhirid"
 	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
@@ -70,7 +71,7 @@ func (a *Authorizer) PatientIdentifiers(ctx context.Context, p *authz.Principal)
 // patientEntry is the principal's patient's lookup, from the cache or the
 // EHR. A refusal is an *authz.Error.
 func (a *Authorizer) patientEntry(ctx context.Context, p *authz.Principal) (*patientEntry, error) {
-	if p == nil || p.Patient == "" || !fhirID.MatchString(p.Patient) {
+	if p == nil || p.Patient == "" || !fhirid.Valid(p.Patient) {
 		return nil, authz.Forbidden("the access token has no patient in context")
 	}
 	id := p.Patient

@@ -34,7 +34,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/http"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -44,15 +43,12 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/smart-imaging/smart_imaging/authz"
+	"github.com/smart-imaging/smart_imaging/internal/fhirid"
 	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // maxTokenLen bounds the bearer tokens considered at all.
 const maxTokenLen = 16 << 10
-
-// fhirID is the FHIR id grammar; patient ids outside it are refused before
-// they reach a URL.
-var fhirID = regexp.MustCompile(`^[A-Za-z0-9.-]{1,64}$`)
 
 // Authorizer is the smart-on-fhir authz.Authorizer. It is safe for
 // concurrent use.
@@ -391,7 +387,7 @@ func (a *Authorizer) patientOf(c *claims) (string, *authz.Error) {
 		return "", authz.Forbidden("the access token has no patient in context; this server only grants patient-level access")
 	}
 	id, ok := authz.PatientIDFromReference(ref, a.s.fhirBase)
-	if !ok || !fhirID.MatchString(id) {
+	if !ok || !fhirid.Valid(id) {
 		return "", authz.Forbidden("the access token's " + source + " does not name a Patient of this EHR")
 	}
 	return id, nil
