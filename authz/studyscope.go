@@ -106,3 +106,6 @@ func ScopeStudies(ctx context.Context, az PatientLookup, p *Principal, s StudySe
 	scope.PatientKeys = keys
 	return scope, nil
 }
+
+// Interface guards: every Authorizer can scope a search.
+var _ PatientLookup = Authorizer(nil)

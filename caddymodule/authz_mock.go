@@ -149,3 +149,13 @@ var (
 	_ caddy.Provisioner     = (*MockAuthz)(nil)
 	_ caddyfile.Unmarshaler = (*MockAuthz)(nil)
 )
+
+// Interface guards
+var (
+	_ caddy.Module          = (*MockAuthz)(nil)
+	_ caddy.Provisioner     = (*MockAuthz)(nil)
+	_ caddyfile.Unmarshaler = (*MockAuthz)(nil)
+	_ AuthzModule           = (*MockAuthz)(nil)
+	_ unrestricter          = (*MockAuthz)(nil)
+	_ fhirBaser             = (*MockAuthz)(nil)
+)

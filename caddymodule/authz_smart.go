@@ -308,3 +308,15 @@ func (m *SmartAuthz) Check(ctx context.Context) error { return m.impl.Check(ctx)
 
 // restrictURLs makes every discovered EHR endpoint pass check.
 func (m *SmartAuthz) restrictURLs(check func(u string) error) { m.impl.SetURLCheck(check) }
+
+// Interface guards
+var (
+	_ caddy.Module          = (*SmartAuthz)(nil)
+	_ caddy.Provisioner     = (*SmartAuthz)(nil)
+	_ caddyfile.Unmarshaler = (*SmartAuthz)(nil)
+	_ AuthzModule           = (*SmartAuthz)(nil)
+	_ fhirBaser             = (*SmartAuthz)(nil)
+	_ smartConfigurer       = (*SmartAuthz)(nil)
+	_ checker               = (*SmartAuthz)(nil)
+	_ urlRestricter         = (*SmartAuthz)(nil)
+)

@@ -195,7 +195,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 // Interface guard.
-var _ caddyfile.Unmarshaler = (*Handler)(nil)
 
 // knownKind checks that kind names a module of the namespace, listing the
 // known kinds when it does not.

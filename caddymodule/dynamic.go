@@ -213,7 +213,7 @@ func (d *dynamicTenants) provision(raw []byte, key, parentRoute string) (*Handle
 		cancel()
 		return nil, nil, bad("%v", err)
 	}
-	if sa, ok := child.authorizer.(*SmartAuthz); ok {
+	if sa, ok := child.authorizer.(urlRestricter); ok {
 		// Endpoints the EHR's discovery names must be on the list too.
 		sa.restrictURLs(func(raw string) error {
 			u, err := url.Parse(raw)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
@@ -132,6 +133,13 @@ type unrestricter interface{ Unrestricted() bool }
 // fhirBaser is implemented by authorizers that know the EHR's FHIR base, so
 // absolute patient references can be matched.
 type fhirBaser interface{ EHRBaseURL() string }
+
+// urlRestricter is implemented by authorizers that call URLs an upstream
+// names (the EHR's discovery document), so that a /dyn route can hold them
+// to its allow-list.
+type urlRestricter interface {
+	restrictURLs(check func(u string) error)
+}
 
 // Provision sets up the handler. It does no network I/O: caddy validate runs
 // it too.
@@ -410,3 +418,13 @@ func (h *Handler) metricRoute(r *http.Request) string {
 	}
 	return h.route(r)
 }
+
+// Interface guards
+var (
+	_ caddy.Module                = (*Handler)(nil)
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+)

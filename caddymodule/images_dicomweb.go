@@ -314,3 +314,13 @@ var (
 
 // Check runs one QIDO-RS query against the PACS (readiness).
 func (m *DICOMwebImages) Check(ctx context.Context) error { return m.src.Check(ctx) }
+
+// Interface guards
+var (
+	_ caddy.Module          = (*DICOMwebImages)(nil)
+	_ caddy.Provisioner     = (*DICOMwebImages)(nil)
+	_ caddy.CleanerUpper    = (*DICOMwebImages)(nil)
+	_ caddyfile.Unmarshaler = (*DICOMwebImages)(nil)
+	_ ImagesModule          = (*DICOMwebImages)(nil)
+	_ checker               = (*DICOMwebImages)(nil)
+)

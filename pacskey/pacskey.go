@@ -61,3 +61,9 @@ func Check(s string) error {
 
 // String is the key's value.
 func (k PatientKey) String() string { return string(k) }
+
+// Interface guards
+var (
+	_ fmt.Stringer = PatientKey("")
+	_ error        = refusal("")
+)

@@ -48,8 +48,6 @@ type Authorizer struct {
 	patient string
 }
 
-var _ authz.Authorizer = (*Authorizer)(nil)
-
 // New validates c and returns the authorizer.
 func New(c Config) (*Authorizer, error) {
 	if c.Patient == "" && !c.DisableAuthzChecks {
@@ -130,3 +128,6 @@ func (a *Authorizer) PatientIdentifiers(ctx context.Context, p *authz.Principal)
 	}
 	return ids, nil
 }
+
+// Interface guards
+var _ authz.Authorizer = (*Authorizer)(nil)

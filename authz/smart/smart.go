@@ -71,8 +71,6 @@ type Authorizer struct {
 	jwksState jwksState
 }
 
-var _ authz.Authorizer = (*Authorizer)(nil)
-
 // tokenEntry is a cached decision on one token.
 type tokenEntry struct {
 	principal *authz.Principal
@@ -447,3 +445,6 @@ func asAuthzError(err error) *authz.Error {
 	}
 	return &authz.Error{Status: http.StatusBadGateway, Code: "exception", Message: "authorization failed", Err: err}
 }
+
+// Interface guards
+var _ authz.Authorizer = (*Authorizer)(nil)

@@ -21,6 +21,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/internal/upstream"
 )
 
@@ -205,3 +206,6 @@ func (s *Source) setAuth(h http.Header) {
 		h.Set("Authorization", s.authHeader)
 	}
 }
+
+// Interface guards
+var _ imagesource.Source = (*Source)(nil)

@@ -504,3 +504,9 @@ func jsonString(s string) string {
 	out := strings.TrimSpace(b.String())
 	return out[1 : len(out)-1]
 }
+
+// Interface guards
+var (
+	_ http.ResponseWriter = (*proxyWriter)(nil)
+	_ http.Flusher        = (*proxyWriter)(nil)
+)

@@ -384,3 +384,10 @@ func partLength(hdr []byte) int64 {
 	}
 	return 0
 }
+
+// Interface guards
+var (
+	_ bodyFilter = (*replacer)(nil)
+	_ bodyFilter = (*jsonFilter)(nil)
+	_ bodyFilter = (*multipartFilter)(nil)
+)

@@ -46,8 +46,6 @@ type Source struct {
 	count    int
 }
 
-var _ imagesource.Source = (*Source)(nil)
-
 type study struct {
 	uid       string
 	patientID string
@@ -498,3 +496,6 @@ func hasPreamble(r io.ReaderAt) bool {
 	}
 	return bytes.Equal(b[:], []byte("DICM"))
 }
+
+// Interface guards
+var _ imagesource.Source = (*Source)(nil)

@@ -51,3 +51,6 @@ func As(err error) (*Problem, bool) {
 	ok := errors.As(err, &p)
 	return p, ok
 }
+
+// Interface guards
+var _ error = (*Problem)(nil)
