@@ -32,6 +32,18 @@ func init() {
 // for one route (tenant). It answers FHIR ImagingStudy searches under
 // /fhir/ and WADO-RS retrieves under /wado/{studyToken}/, relative to the
 // route's stripped prefix.
+//
+// On every authorized request it sets these placeholders, for the access
+// log and for later handlers:
+//
+//   - {http.auth.user.id}: the caller, the token's fhirUser or sub, else
+//     its OAuth client id (the access log's user_id);
+//   - {http.auth.user.client_id}: the OAuth client id;
+//   - {http.smart_imaging.patient}: the FHIR id of the patient in context
+//     (empty on routes without patient binding).
+//
+// Refusals handed to handle_errors routes carry Caddy's own
+// {err.status_code} and {err.message}.
 type Handler struct {
 	// Authz says how callers are authorized: a module in the
 	// http.handlers.smart_imaging.authz namespace, chosen by "kind"
