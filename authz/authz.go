@@ -1,6 +1,7 @@
 // Package authz decides who is asking and which patient they may see: the
 // Authorizer interface and its kinds, the Principal they produce, patient
-// binding rules and the errors they report. The study token that binds a
+// binding rules, which studies a search may see (ScopeStudies) and the
+// errors they report. The study token that binds a
 // WADO-RS address to one study and patient lives in authz/studytoken.
 package authz
 
