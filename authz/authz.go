@@ -1,6 +1,7 @@
 // Package authz decides who is asking and which patient they may see: the
 // Authorizer interface and its kinds, the Principal they produce, patient
-// binding rules and the errors they report. The study token that binds a
+// binding rules, which studies a search may see (ScopeStudies) and the
+// errors they report. The study token that binds a
 // WADO-RS address to one study and patient lives in authz/studytoken.
 package authz
 
@@ -8,10 +9,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/smart-imaging/smart_imaging/internal/fhirid"
+	"github.com/smart-imaging/smart_imaging/internal/httpproblem"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // Principal is the caller as an Authorizer established it.
@@ -45,7 +49,7 @@ type Authorizer interface {
 	Authorize(r *http.Request) (*Principal, error)
 	// PatientKeys returns the PACS PatientID values (MRNs) of the
 	// principal's patient. Failures are *Error.
-	PatientKeys(ctx context.Context, p *Principal) ([]string, error)
+	PatientKeys(ctx context.Context, p *Principal) ([]pacskey.PatientKey, error)
 	// PatientIdentifiers returns the identifiers those values come from,
 	// each with its system, so that patient.identifier=system|value is
 	// matched on both. Failures are *Error.
@@ -97,32 +101,11 @@ func RouteFHIRBase(ctx context.Context) string {
 	return s
 }
 
-// Error is an authorization failure with the status the client should see.
-type Error struct {
-	// Status is 401, 403, 502, 503 or 504.
-	Status int
-	// Code is the FHIR issue code ("login", "forbidden", "security",
-	// "transient", "timeout").
-	Code string
-	// Message explains the refusal without echoing secrets.
-	Message string
-	// Challenge is the WWW-Authenticate value for a 401 or a 403
-	// insufficient_scope.
-	Challenge string
-	// RetryAfter, when set, becomes a Retry-After header (503).
-	RetryAfter time.Duration
-	// Err is the underlying cause, for logs.
-	Err error
-}
-
-func (e *Error) Error() string {
-	if e.Err != nil {
-		return fmt.Sprintf("%s: %v", e.Message, e.Err)
-	}
-	return e.Message
-}
-
-func (e *Error) Unwrap() error { return e.Err }
+// Error is an authorization failure with the status the client should
+// see: 401 (code "login", with a Challenge), 403 ("forbidden", "security"),
+// or an EHR failure (502, 503, 504). It is the one problem type every part
+// of the gateway reports (httpproblem.Problem).
+type Error = httpproblem.Problem
 
 // Unauthorized is a 401 for a missing or invalid token.
 func Unauthorized(msg string, cause error) *Error {
@@ -168,7 +151,7 @@ func BearerToken(r *http.Request) string {
 // "https://ehr/fhir/Patient/123" to "123". fhirBase, when given, must prefix
 // an absolute reference, and "Patient/" must follow it. It reports false for
 // anything else (another resource type, a different server, an empty id, an
-// id that is not a FHIR id).
+// id that is not a FHIR id by fhirid.Valid).
 func PatientIDFromReference(ref, fhirBase string) (string, bool) {
 	ref = strings.TrimSpace(ref)
 	if strings.Contains(ref, "://") {
@@ -182,25 +165,10 @@ func PatientIDFromReference(ref, fhirBase string) (string, bool) {
 		ref = strings.TrimPrefix(ref, base)
 	}
 	ref = strings.TrimPrefix(ref, "Patient/")
-	if !isFHIRID(ref) {
+	if !fhirid.Valid(ref) {
 		return "", false
 	}
 	return ref, true
-}
-
-// isFHIRID reports whether s is a FHIR id ([A-Za-z0-9\-\.]{1,64}) that is
-// also safe as a URL path segment (not "." or "..").
-func isFHIRID(s string) bool {
-	if s == "" || len(s) > 64 || strings.Trim(s, ".") == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
-			return false
-		}
-	}
-	return true
 }
 
 // CheckPatientParam enforces patient binding on a search parameter value:

@@ -3,6 +3,8 @@ package authz
 import (
 	"strings"
 	"testing"
+
+	"github.com/smart-imaging/smart_imaging/internal/fhirid"
 )
 
 // FuzzPatientIDFromReference feeds patient references (search parameters,
@@ -27,7 +29,7 @@ func FuzzPatientIDFromReference(f *testing.F) {
 			}
 			return
 		}
-		if !isFHIRID(id) || strings.Trim(id, ".") == "" {
+		if !fhirid.Valid(id) || strings.Trim(id, ".") == "" {
 			t.Fatalf("accepted %q as id %q, which is not a FHIR id", ref, id)
 		}
 		r := strings.TrimSpace(ref)

@@ -167,3 +167,9 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 	c.bytes += int64(n)
 	return n, err
 }
+
+// Interface guards
+var (
+	_ http.ResponseWriter                       = (*countingWriter)(nil)
+	_ interface{ Unwrap() http.ResponseWriter } = (*countingWriter)(nil)
+)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/smart-imaging/smart_imaging/internal/upstream"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -73,7 +75,7 @@ func (m *DualAuthz) Provision(ctx caddy.Context) error {
 	if cfg.Timeout > 0 {
 		timeout = time.Duration(cfg.Timeout)
 	}
-	client := &http.Client{Timeout: timeout, CheckRedirect: noRedirects}
+	client := &http.Client{Timeout: timeout, Transport: upstream.NewTransport(), CheckRedirect: upstream.NoRedirects}
 	impl, err := dual.New(cfg, client, ctx.Logger())
 	if err != nil {
 		return fmt.Errorf("authz smart-on-fhir-independent: %w", err)
@@ -86,7 +88,7 @@ func (m *DualAuthz) Provision(ctx caddy.Context) error {
 func (m *DualAuthz) Authorize(r *http.Request) (*authz.Principal, error) { return m.impl.Authorize(r) }
 
 // PatientKeys implements authz.Authorizer.
-func (m *DualAuthz) PatientKeys(ctx context.Context, p *authz.Principal) ([]string, error) {
+func (m *DualAuthz) PatientKeys(ctx context.Context, p *authz.Principal) ([]pacskey.PatientKey, error) {
 	return m.impl.PatientKeys(ctx, p)
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/authz"
 	"github.com/smart-imaging/smart_imaging/authz/mock"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 func init() {
@@ -59,7 +60,7 @@ func (m *MockAuthz) Authorize(r *http.Request) (*authz.Principal, error) {
 }
 
 // PatientKeys implements authz.Authorizer.
-func (m *MockAuthz) PatientKeys(ctx context.Context, p *authz.Principal) ([]string, error) {
+func (m *MockAuthz) PatientKeys(ctx context.Context, p *authz.Principal) ([]pacskey.PatientKey, error) {
 	return m.impl.PatientKeys(ctx, p)
 }
 
@@ -147,4 +148,14 @@ var (
 	_ AuthzModule           = (*MockAuthz)(nil)
 	_ caddy.Provisioner     = (*MockAuthz)(nil)
 	_ caddyfile.Unmarshaler = (*MockAuthz)(nil)
+)
+
+// Interface guards
+var (
+	_ caddy.Module          = (*MockAuthz)(nil)
+	_ caddy.Provisioner     = (*MockAuthz)(nil)
+	_ caddyfile.Unmarshaler = (*MockAuthz)(nil)
+	_ AuthzModule           = (*MockAuthz)(nil)
+	_ unrestricter          = (*MockAuthz)(nil)
+	_ fhirBaser             = (*MockAuthz)(nil)
 )

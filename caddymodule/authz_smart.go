@@ -13,6 +13,8 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/authz"
 	"github.com/smart-imaging/smart_imaging/authz/smart"
+	"github.com/smart-imaging/smart_imaging/internal/upstream"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 func init() {
@@ -88,7 +90,7 @@ func (m *SmartAuthz) Provision(ctx caddy.Context) error {
 			cfg.Audience = []string{base}
 		}
 	}
-	client := &http.Client{Timeout: smart.DefaultTimeout, CheckRedirect: noRedirects}
+	client := &http.Client{Timeout: smart.DefaultTimeout, Transport: upstream.NewTransport(), CheckRedirect: upstream.NoRedirects}
 	if cfg.Timeout > 0 {
 		client.Timeout = time.Duration(cfg.Timeout)
 	}
@@ -126,7 +128,7 @@ func (m *SmartAuthz) Authorize(r *http.Request) (*authz.Principal, error) {
 }
 
 // PatientKeys implements authz.Authorizer.
-func (m *SmartAuthz) PatientKeys(ctx context.Context, p *authz.Principal) ([]string, error) {
+func (m *SmartAuthz) PatientKeys(ctx context.Context, p *authz.Principal) ([]pacskey.PatientKey, error) {
 	return m.impl.PatientKeys(ctx, p)
 }
 
@@ -306,3 +308,15 @@ func (m *SmartAuthz) Check(ctx context.Context) error { return m.impl.Check(ctx)
 
 // restrictURLs makes every discovered EHR endpoint pass check.
 func (m *SmartAuthz) restrictURLs(check func(u string) error) { m.impl.SetURLCheck(check) }
+
+// Interface guards
+var (
+	_ caddy.Module          = (*SmartAuthz)(nil)
+	_ caddy.Provisioner     = (*SmartAuthz)(nil)
+	_ caddyfile.Unmarshaler = (*SmartAuthz)(nil)
+	_ AuthzModule           = (*SmartAuthz)(nil)
+	_ fhirBaser             = (*SmartAuthz)(nil)
+	_ smartConfigurer       = (*SmartAuthz)(nil)
+	_ checker               = (*SmartAuthz)(nil)
+	_ urlRestricter         = (*SmartAuthz)(nil)
+)

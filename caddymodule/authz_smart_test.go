@@ -17,6 +17,7 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/authz"
 	"github.com/smart-imaging/smart_imaging/internal/testehr"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 func TestSmartAuthzCaddyfile(t *testing.T) {
@@ -130,7 +131,7 @@ func TestSmartAuthzProvision(t *testing.T) {
 		t.Fatalf("token for this route refused: %v", err)
 	}
 	keys, err := az.PatientKeys(t.Context(), p)
-	if err != nil || !slices.Equal(keys, []string{"M-1"}) {
+	if err != nil || !slices.Equal(keys, []pacskey.PatientKey{"M-1"}) {
 		t.Fatalf("keys %v %v", keys, err)
 	}
 	_, err = call("https://imaging.example.org/other/fhir")

@@ -260,7 +260,6 @@ func parseDynamicCredential(d *caddyfile.Dispenser) (dynconfig.Credential, error
 }
 
 // Interface guard.
-var _ caddyfile.Unmarshaler = (*Handler)(nil)
 
 // knownKind checks that kind names a module of the namespace, listing the
 // known kinds when it does not.

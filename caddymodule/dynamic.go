@@ -356,7 +356,7 @@ func (d *dynamicTenants) provision(ten *dynconfig.Tenant, key, parentRoute strin
 	}
 	// The tenant logs as its route does.
 	child.logger, child.audit = d.parent.logger, d.parent.audit
-	if sa, ok := child.authorizer.(*SmartAuthz); ok {
+	if sa, ok := child.authorizer.(urlRestricter); ok {
 		// Endpoints the EHR's discovery names must be on the list too.
 		sa.restrictURLs(func(u string) error { return d.policy.CheckEndpoint(u, dynconfig.RoleEHR) })
 	}

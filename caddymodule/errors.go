@@ -1,51 +1,26 @@
 package caddymodule
 
 import (
-	"errors"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/smart-imaging/smart_imaging/authz"
-	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/internal/fhir"
+	"github.com/smart-imaging/smart_imaging/internal/httpproblem"
 )
 
 // problem is a refusal or failure on its way to the client as a FHIR
-// OperationOutcome.
-type problem struct {
-	Status     int
-	Code       string // FHIR issue code
-	Message    string
-	Challenge  string // WWW-Authenticate
-	RetryAfter time.Duration
-	Err        error // cause, for logs only
-}
+// OperationOutcome: the one problem type authorizers and sources report too
+// (authz.Error and imagesource.Error are the same type).
+type problem = httpproblem.Problem
 
-func (p *problem) Error() string {
-	if p.Err != nil {
-		return p.Message + ": " + p.Err.Error()
-	}
-	return p.Message
-}
-
-func (p *problem) Unwrap() error { return p.Err }
-
-// toProblem turns any error from the authorizer or the image source into a
-// problem. Unknown errors become a 502: they come from an upstream.
+// toProblem finds the problem in err's chain. Errors without one become a
+// 502: they come from an upstream.
 func toProblem(err error) *problem {
-	var p *problem
-	if errors.As(err, &p) {
+	if p, ok := httpproblem.As(err); ok {
 		return p
-	}
-	var ae *authz.Error
-	if errors.As(err, &ae) {
-		return &problem{Status: ae.Status, Code: ae.Code, Message: ae.Message, Challenge: ae.Challenge, RetryAfter: ae.RetryAfter, Err: ae.Err}
-	}
-	if se, ok := imagesource.AsError(err); ok {
-		return &problem{Status: se.Status, Code: se.Code, Message: se.Message, RetryAfter: se.RetryAfter, Err: se.Err}
 	}
 	return &problem{Status: http.StatusBadGateway, Code: "exception", Message: "the image source failed", Err: err}
 }
@@ -95,8 +70,3 @@ func hasErrorRoutes(r *http.Request) bool {
 	}
 	return false
 }
-
-// noRedirects makes an http.Client return a redirect as the answer instead
-// of following it: the gateway talks to the PACS and the EHR at the URLs it
-// was configured with, never at a host an upstream names.
-func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
@@ -31,6 +32,18 @@ func init() {
 // for one route (tenant). It answers FHIR ImagingStudy searches under
 // /fhir/ and WADO-RS retrieves under /wado/{studyToken}/, relative to the
 // route's stripped prefix.
+//
+// On every authorized request it sets these placeholders, for the access
+// log and for later handlers:
+//
+//   - {http.auth.user.id}: the caller, the token's fhirUser or sub, else
+//     its OAuth client id (the access log's user_id);
+//   - {http.auth.user.client_id}: the OAuth client id;
+//   - {http.smart_imaging.patient}: the FHIR id of the patient in context
+//     (empty on routes without patient binding).
+//
+// Refusals handed to handle_errors routes carry Caddy's own
+// {err.status_code} and {err.message}.
 type Handler struct {
 	// Authz says how callers are authorized: a module in the
 	// http.handlers.smart_imaging.authz namespace, chosen by "kind"
@@ -132,6 +145,13 @@ type unrestricter interface{ Unrestricted() bool }
 // fhirBaser is implemented by authorizers that know the EHR's FHIR base, so
 // absolute patient references can be matched.
 type fhirBaser interface{ EHRBaseURL() string }
+
+// urlRestricter is implemented by authorizers that call URLs an upstream
+// names (the EHR's discovery document), so that a /dyn route can hold them
+// to its allow-list.
+type urlRestricter interface {
+	restrictURLs(check func(u string) error)
+}
 
 // Provision sets up the handler. It does no network I/O: caddy validate runs
 // it too.
@@ -413,3 +433,13 @@ func (h *Handler) metricRoute(r *http.Request) string {
 	}
 	return h.route(r)
 }
+
+// Interface guards
+var (
+	_ caddy.Module                = (*Handler)(nil)
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+)

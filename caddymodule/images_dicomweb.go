@@ -18,6 +18,7 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomweb"
+	"github.com/smart-imaging/smart_imaging/internal/upstream"
 )
 
 func init() {
@@ -25,9 +26,10 @@ func init() {
 }
 
 // DefaultPACSKeepAlive is the keep-alive idle time of the upstream
-// transport when the configuration sets none: below the 1 s after which
-// Orthanc closes idle connections, so a request never races that close.
-const DefaultPACSKeepAlive = 800 * time.Millisecond
+// transport when the configuration sets none: the one upstream default
+// (upstream.IdleConnTimeout), below the 1 s after which Orthanc closes idle
+// connections, so a request never races that close.
+const DefaultPACSKeepAlive = upstream.IdleConnTimeout
 
 // DefaultPACSReadBuffer is the upstream transport's read buffer when the
 // configuration sets none (Go's default is 4 KiB). The reverse proxy
@@ -128,7 +130,7 @@ func (m *DICOMwebImages) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("images dicomweb: reverse proxy: %w", err)
 	}
 	m.provisioned = true
-	client := &http.Client{Transport: m.Proxy.Transport, CheckRedirect: noRedirects}
+	client := &http.Client{Transport: m.Proxy.Transport, CheckRedirect: upstream.NoRedirects}
 	src, err := dicomweb.New(cfg, m.Proxy, client, ctx.Logger())
 	if err != nil {
 		return fmt.Errorf("images dicomweb: %w", err)
@@ -312,3 +314,13 @@ var (
 
 // Check runs one QIDO-RS query against the PACS (readiness).
 func (m *DICOMwebImages) Check(ctx context.Context) error { return m.src.Check(ctx) }
+
+// Interface guards
+var (
+	_ caddy.Module          = (*DICOMwebImages)(nil)
+	_ caddy.Provisioner     = (*DICOMwebImages)(nil)
+	_ caddy.CleanerUpper    = (*DICOMwebImages)(nil)
+	_ caddyfile.Unmarshaler = (*DICOMwebImages)(nil)
+	_ ImagesModule          = (*DICOMwebImages)(nil)
+	_ checker               = (*DICOMwebImages)(nil)
+)

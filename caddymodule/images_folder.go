@@ -118,3 +118,11 @@ var (
 	_ caddy.Provisioner     = (*FolderImages)(nil)
 	_ caddyfile.Unmarshaler = (*FolderImages)(nil)
 )
+
+// Interface guards
+var (
+	_ caddy.Module          = (*FolderImages)(nil)
+	_ caddy.Provisioner     = (*FolderImages)(nil)
+	_ caddyfile.Unmarshaler = (*FolderImages)(nil)
+	_ ImagesModule          = (*FolderImages)(nil)
+)

@@ -3,11 +3,7 @@ package caddymodule
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"maps"
 	"net/http"
-	"net/url"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -76,95 +72,24 @@ func preferStrict(r *http.Request) bool {
 	return false
 }
 
-// studyQuery turns the caller and the search into a source query: which
-// PACS keys (or all studies) and which study UIDs.
+// studyQuery turns the caller and the search into a source query; which
+// PACS keys the caller may see is authz's decision (authz.ScopeStudies).
 func (h *Handler) studyQuery(r *http.Request, p *authz.Principal, sp fhir.Search) (imagesource.Query, error) {
-	q := imagesource.Query{StudyUIDs: sp.StudyUIDs}
-	var keys []string
-	if !p.Unrestricted || h.lookup == imagesource.LookupStudiesByMRN && len(sp.PatientIdentifiers) == 0 {
-		if h.lookup == imagesource.LookupAllStudies {
-			// Provision refuses this combination; never widen access.
-			return q, authz.Forbidden("lookup all-studies needs an unrestricted route")
-		}
-		var err error
-		keys, err = h.authorizer.PatientKeys(r.Context(), p)
-		if err != nil {
-			return q, err
-		}
-		if len(keys) == 0 {
-			return q, authz.Forbidden("the patient has no identifier usable as a PACS key")
-		}
+	ss := authz.StudySearch{AllStudies: h.lookup == imagesource.LookupAllStudies}
+	for _, t := range sp.PatientIdentifiers {
+		ss.PatientIdentifiers = append(ss.PatientIdentifiers, authz.Token(t))
 	}
-	if len(sp.PatientIdentifiers) > 0 {
-		// patient.identifier narrows to one PACS key. On a patient-bound
-		// route it must name one of the patient's own identifiers, system
-		// and value (FHIR token rules: system|value, |value without a
-		// system, value alone under any system). An unrestricted route has
-		// no patient to compare with: the value is the key.
-		var idents []authz.Identifier
-		if !p.Unrestricted {
-			var err error
-			if idents, err = h.authorizer.PatientIdentifiers(r.Context(), p); err != nil {
-				return q, err
-			}
-		}
-		var wanted []string
-		for _, t := range sp.PatientIdentifiers {
-			if err := imagesource.CheckPatientKey(t.Value); err != nil {
-				return q, &problem{Status: http.StatusBadRequest, Code: "invalid", Message: "patient.identifier: " + err.Error()}
-			}
-			if !p.Unrestricted && (!authz.AnyMatchesToken(idents, t.System, t.HasSystem, t.Value) || !slices.Contains(keys, t.Value)) {
-				return q, authz.Forbidden("patient.identifier does not name an identifier of the patient this access token is bound to (system and value must both match)")
-			}
-			wanted = append(wanted, t.Value)
-		}
-		keys = wanted
+	scope, err := authz.ScopeStudies(r.Context(), h.authorizer, p, ss)
+	if err != nil {
+		return imagesource.Query{StudyUIDs: sp.StudyUIDs}, err
 	}
-	if len(keys) == 0 && h.lookup == imagesource.LookupAllStudies {
-		q.All = true
-		return q, nil
-	}
-	if len(keys) == 0 {
-		return q, &problem{Status: http.StatusBadRequest, Code: "required",
-			Message: "this route looks studies up by MRN: give patient.identifier=system|MRN"}
-	}
-	for _, k := range keys {
-		if err := imagesource.CheckPatientKey(k); err != nil {
-			return q, authz.Forbidden("the patient's PACS key is unusable: " + err.Error())
-		}
-	}
-	q.PatientIDs = keys
-	return q, nil
+	return imagesource.Query{All: scope.All, PatientIDs: scope.PatientKeys, StudyUIDs: sp.StudyUIDs}, nil
 }
 
-// writeBundle filters, sorts and pages the studies and writes the Bundle.
+// writeBundle filters, sorts and pages the studies (fhir.SelectStudies,
+// fhir.PageOf) and writes the Bundle.
 func (h *Handler) writeBundle(w http.ResponseWriter, r *http.Request, p *authz.Principal, sp fhir.Search, studies []imagesource.Study) error {
-	if len(sp.LastUpdated) > 0 {
-		kept := studies[:0:0]
-		for _, st := range studies {
-			t, ok := fhir.StudyUpdated(st.Attributes, nil)
-			if !ok {
-				continue
-			}
-			match := true
-			for _, f := range sp.LastUpdated {
-				match = match && f.Matches(t)
-			}
-			if match {
-				kept = append(kept, st)
-			}
-		}
-		studies = kept
-	}
-	// A stable order (newest first, then UID) makes paging consistent.
-	slices.SortStableFunc(studies, func(a, b imagesource.Study) int {
-		da := a.Attributes.String(dicomjson.TagStudyDate) + a.Attributes.String(dicomjson.TagStudyTime)
-		db := b.Attributes.String(dicomjson.TagStudyDate) + b.Attributes.String(dicomjson.TagStudyTime)
-		if c := strings.Compare(db, da); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Attributes.String(dicomjson.TagStudyInstanceUID), b.Attributes.String(dicomjson.TagStudyInstanceUID))
-	})
+	studies = fhir.SelectStudies(studies, sp.LastUpdated)
 	auditFrom(r).studies = len(studies)
 	total := len(studies)
 	base := h.publicBase(r)
@@ -175,38 +100,16 @@ func (h *Handler) writeBundle(w http.ResponseWriter, r *http.Request, p *authz.P
 		fhir.WriteJSON(w, http.StatusOK, b)
 		return nil
 	}
-	count := sp.Count
-	if count == 0 {
-		count = defaultPageSize
-	}
-	from := min(sp.Offset, total)
-	to := min(from+count, total)
-	page := studies[from:to]
-	bundle, err := h.searchBundle(r, p, page)
+	pg := fhir.PageOf(total, sp.Offset, sp.Count)
+	bundle, err := h.searchBundle(r, p, studies[pg.From:pg.To])
 	if err != nil {
 		return h.fail(w, r, err)
 	}
 	bundle.Total = &total
-	bundle.Link = []fhir.BundleLink{{Relation: "self", URL: pageURL(base, r.URL.Query(), from, count)}}
-	if to < total {
-		bundle.Link = append(bundle.Link, fhir.BundleLink{Relation: "next", URL: pageURL(base, r.URL.Query(), to, count)})
-	}
-	if from > 0 {
-		bundle.Link = append(bundle.Link, fhir.BundleLink{Relation: "previous", URL: pageURL(base, r.URL.Query(), max(0, from-count), count)})
-	}
+	bundle.Link = pg.Links(base+"/fhir/ImagingStudy", r.URL.Query())
 	w.Header().Set("Cache-Control", "no-store")
 	fhir.WriteJSON(w, http.StatusOK, bundle)
 	return nil
-}
-
-// defaultPageSize is the page size when _count is not given.
-const defaultPageSize = 100
-
-func pageURL(base string, q url.Values, offset, count int) string {
-	q = maps.Clone(q)
-	q.Set("_offset", strconv.Itoa(offset))
-	q.Set("_count", strconv.Itoa(count))
-	return base + "/fhir/ImagingStudy?" + q.Encode()
 }
 
 // searchBundle maps studies to ImagingStudy resources, each with an

@@ -1,12 +1,10 @@
 package caddymodule
 
 import (
-	"errors"
 	"net/http"
 	"strings"
 	"time"
 
-	"github.com/smart-imaging/smart_imaging/authz"
 	"github.com/smart-imaging/smart_imaging/authz/studytoken"
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
@@ -39,24 +37,12 @@ func (h *Handler) serveWADO(w http.ResponseWriter, r *http.Request, rest string)
 			return h.fail(w, r, &problem{Status: http.StatusBadRequest, Code: "invalid", Message: err.Error()})
 		}
 
-		claims, err := h.keys.Open(token, time.Now())
+		claims, err := h.keys.Check(token, time.Now(), studytoken.Presented{Route: h.route(r), Principal: p, StudyUID: wp.StudyUID})
+		if claims.StudyUID != "" {
+			auditFrom(r).study = claims.StudyUID
+		}
 		if err != nil {
-			msg := "the study token is not valid; search ImagingStudy again for a fresh Endpoint"
-			if errors.Is(err, studytoken.ErrExpired) {
-				msg = "the study token has expired; search ImagingStudy again for a fresh Endpoint"
-			}
-			return h.fail(w, r, &problem{Status: http.StatusForbidden, Code: "forbidden", Message: msg, Err: err})
-		}
-		auditFrom(r).study = claims.StudyUID
-		if claims.Route != h.route(r) {
-			return h.fail(w, r, authz.Forbidden("the study token was issued for another route"))
-		}
-		if !p.Unrestricted && (claims.Patient == "" || claims.Patient != p.Patient) {
-			return h.fail(w, r, authz.Forbidden("the study token was issued for another patient than this access token's"))
-		}
-
-		if wp.StudyUID != claims.StudyUID {
-			return h.fail(w, r, authz.Forbidden("the study in the path is not the study this address was issued for"))
+			return h.fail(w, r, err)
 		}
 		auditFrom(r).action = "retrieve " + wp.Level().String() + resourceSuffix(wp.Resource)
 		// Sizes the caller chooses are bounded here, for every source: a

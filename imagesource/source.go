@@ -10,10 +10,11 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
+	"github.com/smart-imaging/smart_imaging/internal/httpproblem"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // Lookup names how a route finds the studies a search may return.
@@ -40,9 +41,9 @@ func ParseLookup(s string) (Lookup, error) {
 type Query struct {
 	// All lists every study; PatientIDs is then ignored.
 	All bool
-	// PatientIDs are exact PACS PatientID values (already checked by
-	// CheckPatientKey). A study matches when its PatientID equals one of them.
-	PatientIDs []string
+	// PatientIDs are exact PACS PatientID values (from pacskey.Parse). A
+	// study matches when its PatientID equals one of them.
+	PatientIDs []pacskey.PatientKey
 	// StudyUIDs, when not empty, restricts the answer to these studies.
 	StudyUIDs []string
 }
@@ -81,7 +82,7 @@ type Retrieval struct {
 	// PatientIDs are the caller's PACS keys. Every object a source serves
 	// must carry one of them as its PatientID. Empty (without Unrestricted)
 	// lets nothing through.
-	PatientIDs []string
+	PatientIDs []pacskey.PatientKey
 	// Unrestricted is set for routes without patient binding
 	// (disable_authz_checks): only the study UID is checked.
 	Unrestricted bool
@@ -110,7 +111,7 @@ func (r Retrieval) CheckObject(studyUIDs, patientIDs []string) error {
 	}
 	id := strings.Trim(patientIDs[0], " ")
 	for _, k := range r.PatientIDs {
-		if id != "" && id == strings.Trim(k, " ") {
+		if id != "" && id == strings.Trim(string(k), " ") {
 			return nil
 		}
 	}
@@ -128,40 +129,15 @@ type Source interface {
 }
 
 // Error is a failure a source reports, carrying the HTTP status the client
-// should see.
-type Error struct {
-	// Status is the HTTP status: 400, 404, 406 for the request; 502, 503, 504
-	// for the upstream.
-	Status int
-	// Code is the FHIR OperationOutcome issue code ("not-found",
-	// "not-supported", "transient", "timeout", "exception", …).
-	Code string
-	// Message says what went wrong in words a client developer understands.
-	// It never holds credentials.
-	Message string
-	// RetryAfter, when set, becomes a Retry-After header (503).
-	RetryAfter time.Duration
-	// Err is the underlying cause, for logs.
-	Err error
-}
-
-func (e *Error) Error() string {
-	if e.Err != nil {
-		return fmt.Sprintf("%s: %v", e.Message, e.Err)
-	}
-	return e.Message
-}
-
-func (e *Error) Unwrap() error { return e.Err }
+// should see: 400, 404, 406 for the request; 502, 503, 504 for the
+// upstream. It is the one problem type every part of the gateway reports
+// (httpproblem.Problem).
+type Error = httpproblem.Problem
 
 // Errorf builds an *Error with a formatted message.
 func Errorf(status int, code, format string, args ...any) *Error {
-	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+	return httpproblem.Errorf(status, code, format, args...)
 }
 
 // AsError finds an *Error in err's chain.
-func AsError(err error) (*Error, bool) {
-	var e *Error
-	ok := errors.As(err, &e)
-	return e, ok
-}
+func AsError(err error) (*Error, bool) { return httpproblem.As(err) }

@@ -2,11 +2,12 @@ package imagesource
 
 import (
 	"errors"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 	"testing"
 )
 
 func TestCheckObject(t *testing.T) {
-	bound := Retrieval{StudyUID: "1.2.3", PatientIDs: []string{"MRN-1", "MRN-2"}}
+	bound := Retrieval{StudyUID: "1.2.3", PatientIDs: []pacskey.PatientKey{"MRN-1", "MRN-2"}}
 	open := Retrieval{StudyUID: "1.2.3", Unrestricted: true}
 	for _, tc := range []struct {
 		name     string
@@ -25,7 +26,7 @@ func TestCheckObject(t *testing.T) {
 		{"PatientID in another case", bound, []string{"1.2.3"}, []string{"mrn-1"}, false},
 		{"two PatientIDs", bound, []string{"1.2.3"}, []string{"MRN-1", "MRN-2"}, false},
 		{"no PatientID", bound, []string{"1.2.3"}, nil, false},
-		{"an empty PatientID", Retrieval{StudyUID: "1.2.3", PatientIDs: []string{""}}, []string{"1.2.3"}, []string{""}, false},
+		{"an empty PatientID", Retrieval{StudyUID: "1.2.3", PatientIDs: []pacskey.PatientKey{""}}, []string{"1.2.3"}, []string{""}, false},
 		{"no keys (zero value denies)", Retrieval{StudyUID: "1.2.3"}, []string{"1.2.3"}, []string{"MRN-1"}, false},
 		{"no study asked for", Retrieval{Unrestricted: true}, []string{""}, nil, false},
 		{"unrestricted: any patient", open, []string{"1.2.3"}, []string{"ANYONE"}, true},

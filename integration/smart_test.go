@@ -707,11 +707,11 @@ func TestSmartOnFHIREndToEnd(t *testing.T) {
 		}
 	})
 
-	t.Run("EHR down: 503 with Retry-After", func(t *testing.T) {
+	t.Run("EHR down: 502, as for an unreachable PACS", func(t *testing.T) {
 		tok := env.mint(ehr, testehr.TokenSpec{Patient: demoPatient})
-		hdr, _ := smartRefused(t, env.as(tok), base+"/down/fhir/ImagingStudy?patient="+demoPatient, http.StatusServiceUnavailable)
-		if hdr.Get("Retry-After") == "" {
-			t.Error("503 without Retry-After")
+		_, diag := smartRefused(t, env.as(tok), base+"/down/fhir/ImagingStudy?patient="+demoPatient, http.StatusBadGateway)
+		if !strings.Contains(diag, "unreachable") {
+			t.Errorf("diagnostics = %q, want it to say the EHR is unreachable", diag)
 		}
 	})
 

@@ -3,6 +3,7 @@ package dual
 import (
 	"context"
 	"errors"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 	"net/http"
 	"slices"
 	"strings"
@@ -65,15 +66,19 @@ func (srv *Server) Authorize(r *http.Request) (*authz.Principal, error) {
 
 // PatientKeys returns the PACS keys of the principal's patient, as read
 // from the EHR when the user approved (carried in the access token).
-func (srv *Server) PatientKeys(ctx context.Context, p *authz.Principal) ([]string, error) {
+func (srv *Server) PatientKeys(ctx context.Context, p *authz.Principal) ([]pacskey.PatientKey, error) {
 	ids, err := srv.PatientIdentifiers(ctx, p)
 	if err != nil {
 		return nil, err
 	}
-	var keys []string
+	var keys []pacskey.PatientKey
 	for _, id := range ids {
-		if !slices.Contains(keys, id.Value) {
-			keys = append(keys, id.Value)
+		k, err := pacskey.Parse(id.Value)
+		if err != nil {
+			continue // never a pattern; patientKeys already dropped these
+		}
+		if !slices.Contains(keys, k) {
+			keys = append(keys, k)
 		}
 	}
 	return keys, nil

@@ -19,7 +19,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/smart-imaging/smart_imaging/authz"
-	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // maxBody bounds what the gateway reads from the EHR.
@@ -226,7 +226,7 @@ func (p *fhirPerson) displayName() string {
 func (e *ehr) patientKeys(p *fhirPerson) []authz.Identifier {
 	var out []authz.Identifier
 	for _, id := range p.Identifier {
-		if id.Use == "old" || imagesource.CheckPatientKey(id.Value) != nil {
+		if id.Use == "old" || pacskey.Check(id.Value) != nil {
 			continue
 		}
 		ok := false

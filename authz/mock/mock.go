@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"regexp"
 	"slices"
 	"strings"
 
 	"github.com/smart-imaging/smart_imaging/authz"
-	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/internal/fhirid"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // DefaultScopes are granted when Config.Scopes is empty.
@@ -48,21 +48,16 @@ type Authorizer struct {
 	patient string
 }
 
-var _ authz.Authorizer = (*Authorizer)(nil)
-
-// fhirID is the FHIR id datatype.
-var fhirID = regexp.MustCompile(`^[A-Za-z0-9.-]{1,64}$`)
-
 // New validates c and returns the authorizer.
 func New(c Config) (*Authorizer, error) {
 	if c.Patient == "" && !c.DisableAuthzChecks {
 		return nil, errors.New("mock authorizer: patient is required unless disable_authz_checks is set")
 	}
-	if c.Patient != "" && !fhirID.MatchString(c.Patient) {
-		return nil, fmt.Errorf("mock authorizer: patient %q is not a FHIR id (letters, digits, '-' and '.', at most 64)", c.Patient)
+	if c.Patient != "" && !fhirid.Valid(c.Patient) {
+		return nil, fmt.Errorf("mock authorizer: patient %q is not a FHIR id (letters, digits, '-' and '.', at most 64, not only dots)", c.Patient)
 	}
 	for _, mrn := range c.MRN {
-		if err := imagesource.CheckPatientKey(mrn); err != nil {
+		if err := pacskey.Check(mrn); err != nil {
 			return nil, fmt.Errorf("mock authorizer: mrn %q: %w", mrn, err)
 		}
 	}
@@ -106,14 +101,18 @@ func (a *Authorizer) Authorize(r *http.Request) (*authz.Principal, error) {
 }
 
 // PatientKeys returns the configured MRNs of the configured patient.
-func (a *Authorizer) PatientKeys(_ context.Context, p *authz.Principal) ([]string, error) {
+func (a *Authorizer) PatientKeys(_ context.Context, p *authz.Principal) ([]pacskey.PatientKey, error) {
 	if p == nil || p.Patient == "" || p.Patient != a.patient {
 		return nil, authz.Forbidden("the mock authorizer knows no MRN for this patient")
 	}
 	if len(a.cfg.MRN) == 0 {
 		return nil, authz.Forbidden("mock patient " + a.patient + " has no MRN configured")
 	}
-	return slices.Clone(a.cfg.MRN), nil
+	keys := make([]pacskey.PatientKey, len(a.cfg.MRN))
+	for i, mrn := range a.cfg.MRN {
+		keys[i] = pacskey.PatientKey(mrn) // checked by New
+	}
+	return keys, nil
 }
 
 // PatientIdentifiers returns the configured MRNs with the configured
@@ -125,7 +124,10 @@ func (a *Authorizer) PatientIdentifiers(ctx context.Context, p *authz.Principal)
 	}
 	ids := make([]authz.Identifier, len(keys))
 	for i, k := range keys {
-		ids[i] = authz.Identifier{System: a.cfg.MRNSystem, Value: k}
+		ids[i] = authz.Identifier{System: a.cfg.MRNSystem, Value: string(k)}
 	}
 	return ids, nil
 }
+
+// Interface guards
+var _ authz.Authorizer = (*Authorizer)(nil)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/smart-imaging/smart_imaging/authz"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 const patientID = "87a339d0-8cae-418e-89c7-8651e6aab3c6"
@@ -102,17 +103,19 @@ func TestPrincipalScopesAreACopy(t *testing.T) {
 
 func TestNewRefuses(t *testing.T) {
 	for name, c := range map[string]Config{
-		"no patient with checks on":  {MRN: []string{"MRN1"}},
-		"patient is a reference":     {Patient: "Patient/123"},
-		"patient with space":         {Patient: "12 3"},
-		"patient too long":           {Patient: strings.Repeat("1", 65)},
-		"wildcard mrn":               {Patient: "123", MRN: []string{"MRN*"}},
-		"value list mrn":             {Patient: "123", MRN: []string{"A,B"}},
-		"empty mrn":                  {Patient: "123", MRN: []string{""}},
-		"relative fhir base":         {Patient: "123", FHIRBaseURL: "ehr/fhir"},
-		"fhir base with query":       {Patient: "123", FHIRBaseURL: "https://ehr.example.org/fhir?x=1"},
-		"fhir base of another kind":  {Patient: "123", FHIRBaseURL: "ftp://ehr.example.org/fhir"},
-		"open demo with bad patient": {DisableAuthzChecks: true, Patient: "a/b"},
+		"no patient with checks on":   {MRN: []string{"MRN1"}},
+		"patient is a reference":      {Patient: "Patient/123"},
+		"patient with space":          {Patient: "12 3"},
+		"patient too long":            {Patient: strings.Repeat("1", 65)},
+		"patient is a parent segment": {Patient: ".."},
+		"patient is a dot":            {Patient: "."},
+		"wildcard mrn":                {Patient: "123", MRN: []string{"MRN*"}},
+		"value list mrn":              {Patient: "123", MRN: []string{"A,B"}},
+		"empty mrn":                   {Patient: "123", MRN: []string{""}},
+		"relative fhir base":          {Patient: "123", FHIRBaseURL: "ehr/fhir"},
+		"fhir base with query":        {Patient: "123", FHIRBaseURL: "https://ehr.example.org/fhir?x=1"},
+		"fhir base of another kind":   {Patient: "123", FHIRBaseURL: "ftp://ehr.example.org/fhir"},
+		"open demo with bad patient":  {DisableAuthzChecks: true, Patient: "a/b"},
 	} {
 		if _, err := New(c); err == nil {
 			t.Errorf("%s: New(%+v) accepted", name, c)
@@ -132,7 +135,7 @@ func TestPatientKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(keys, []string{"MRN-1", "MRN-2"}) {
+	if !reflect.DeepEqual(keys, []pacskey.PatientKey{"MRN-1", "MRN-2"}) {
 		t.Fatalf("PatientKeys = %v", keys)
 	}
 	keys[0] = "changed"

@@ -14,7 +14,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/smart-imaging/smart_imaging/authz"
-	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/internal/fhirid"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // v2IdentifierType is the code system of identifier type "MR".
@@ -45,10 +46,10 @@ type fhirConceptCode struct {
 // the identifiers of {fhir_base_url}/Patient/{id} whose system is one of
 // mrn_system or, when mrn_system is unset, whose type is MR (identifiers
 // with use "old" are skipped). Each is checked with
-// imagesource.CheckPatientKey. None usable: 403. Results are cached per
+// pacskey.Parse. None usable: 403. Results are cached per
 // patient for cache_ttl (a patient without usable identifiers for
 // inactive_cache_ttl). Failures are *authz.Error.
-func (a *Authorizer) PatientKeys(ctx context.Context, p *authz.Principal) ([]string, error) {
+func (a *Authorizer) PatientKeys(ctx context.Context, p *authz.Principal) ([]pacskey.PatientKey, error) {
 	e, err := a.patientEntry(ctx, p)
 	if err != nil {
 		return nil, err
@@ -70,7 +71,7 @@ func (a *Authorizer) PatientIdentifiers(ctx context.Context, p *authz.Principal)
 // patientEntry is the principal's patient's lookup, from the cache or the
 // EHR. A refusal is an *authz.Error.
 func (a *Authorizer) patientEntry(ctx context.Context, p *authz.Principal) (*patientEntry, error) {
-	if p == nil || p.Patient == "" || !fhirID.MatchString(p.Patient) {
+	if p == nil || p.Patient == "" || !fhirid.Valid(p.Patient) {
 		return nil, authz.Forbidden("the access token has no patient in context")
 	}
 	id := p.Patient
@@ -183,7 +184,7 @@ func parsePatient(body []byte, id string) (*fhirPatient, error) {
 
 // selectKeys picks the PACS keys among the patient's identifiers.
 func (a *Authorizer) selectKeys(p *fhirPatient) *patientEntry {
-	var keys []string
+	var keys []pacskey.PatientKey
 	var idents []authz.Identifier
 	matched, refused := 0, 0
 	for _, ident := range p.Identifier {
@@ -191,12 +192,13 @@ func (a *Authorizer) selectKeys(p *fhirPatient) *patientEntry {
 			continue
 		}
 		matched++
-		if err := imagesource.CheckPatientKey(ident.Value); err != nil {
+		key, err := pacskey.Parse(ident.Value)
+		if err != nil {
 			refused++
 			continue
 		}
-		if !slices.Contains(keys, ident.Value) {
-			keys = append(keys, ident.Value)
+		if !slices.Contains(keys, key) {
+			keys = append(keys, key)
 		}
 		id := authz.Identifier{System: ident.System, Value: ident.Value}
 		if !slices.Contains(idents, id) {

@@ -6,12 +6,12 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // FuzzPatientKeys feeds Patient resources (as an EHR answers them) to the
 // patient → PACS key selection: it must never panic, and every key it
-// returns must be an exact key (imagesource.CheckPatientKey), the value of
+// returns must be an exact key (pacskey.Parse), the value of
 // an identifier of the chosen system or type MR that is not "old", listed
 // once.
 func FuzzPatientKeys(f *testing.F) {
@@ -46,7 +46,7 @@ func FuzzPatientKeys(f *testing.F) {
 			t.Fatalf("want keys or a refusal, got %+v", e)
 		}
 		for i, k := range e.keys {
-			if err := imagesource.CheckPatientKey(k); err != nil {
+			if err := pacskey.Check(string(k)); err != nil {
 				t.Fatalf("key %q is not exact: %v", k, err)
 			}
 			if slices.Index(e.keys, k) != i {
@@ -54,7 +54,7 @@ func FuzzPatientKeys(f *testing.F) {
 			}
 			found := false
 			for _, id := range p.Identifier {
-				if id.Value == k && id.Use != "old" && a.isMRN(id.System, id.Type) {
+				if id.Value == string(k) && id.Use != "old" && a.isMRN(id.System, id.Type) {
 					found = true
 				}
 			}

@@ -21,10 +21,11 @@
 // Statuses: no token, or an invalid, inactive, expired or foreign one: 401
 // with WWW-Authenticate: Bearer error="invalid_token". Scopes without a
 // patient-level ImagingStudy read: 403 with error="insufficient_scope". No
-// patient in context: 403 (never treated as system access). EHR
-// unreachable, or answering 429/502/503/504: 503 with Retry-After. EHR not
-// answering within the timeout: 504 with Retry-After (the client may retry
-// as for a 503). EHR answering something the protocol does not allow: 502.
+// patient in context: 403 (never treated as system access). EHR answering
+// 429/502/503/504: 503 with Retry-After. EHR unreachable: 502; not
+// answering within the timeout: 504 with Retry-After (the rule every
+// upstream shares, internal/upstream). EHR answering something the
+// protocol does not allow: 502.
 package smart
 
 import (
@@ -33,7 +34,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/http"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -43,14 +43,12 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/smart-imaging/smart_imaging/authz"
+	"github.com/smart-imaging/smart_imaging/internal/fhirid"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // maxTokenLen bounds the bearer tokens considered at all.
 const maxTokenLen = 16 << 10
-
-// fhirID is the FHIR id grammar; patient ids outside it are refused before
-// they reach a URL.
-var fhirID = regexp.MustCompile(`^[A-Za-z0-9.-]{1,64}$`)
 
 // Authorizer is the smart-on-fhir authz.Authorizer. It is safe for
 // concurrent use.
@@ -73,8 +71,6 @@ type Authorizer struct {
 	jwksState jwksState
 }
 
-var _ authz.Authorizer = (*Authorizer)(nil)
-
 // tokenEntry is a cached decision on one token.
 type tokenEntry struct {
 	principal *authz.Principal
@@ -91,7 +87,7 @@ type callerToken struct {
 }
 
 type patientEntry struct {
-	keys   []string
+	keys   []pacskey.PatientKey
 	idents []authz.Identifier // the identifiers keys come from
 	deny   *authz.Error
 }
@@ -389,7 +385,7 @@ func (a *Authorizer) patientOf(c *claims) (string, *authz.Error) {
 		return "", authz.Forbidden("the access token has no patient in context; this server only grants patient-level access")
 	}
 	id, ok := authz.PatientIDFromReference(ref, a.s.fhirBase)
-	if !ok || !fhirID.MatchString(id) {
+	if !ok || !fhirid.Valid(id) {
 		return "", authz.Forbidden("the access token's " + source + " does not name a Patient of this EHR")
 	}
 	return id, nil
@@ -449,3 +445,6 @@ func asAuthzError(err error) *authz.Error {
 	}
 	return &authz.Error{Status: http.StatusBadGateway, Code: "exception", Message: "authorization failed", Err: err}
 }
+
+// Interface guards
+var _ authz.Authorizer = (*Authorizer)(nil)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/authz"
 	"github.com/smart-imaging/smart_imaging/internal/testehr"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 func TestNewDoesNoNetworkIO(t *testing.T) {
@@ -442,7 +443,7 @@ func TestPatientBindingEndToEnd(t *testing.T) {
 		}
 	}
 	keys, err := f.a.PatientKeys(t.Context(), p)
-	if err != nil || !slices.Equal(keys, []string{"MRN-123"}) {
+	if err != nil || !slices.Equal(keys, []pacskey.PatientKey{"MRN-123"}) {
 		t.Fatalf("keys %v, %v", keys, err)
 	}
 }
@@ -452,14 +453,14 @@ func TestEHRDown(t *testing.T) {
 		f := setup(t, nil)
 		f.ehr.Close()
 		_, err := f.authorize("any-token")
-		mustRefuse(t, err, 503, "")
+		mustRefuse(t, err, 502, "")
 	})
 	t.Run("cold jwt", func(t *testing.T) {
 		f := setup(t, jwtMode)
 		tok := f.issue(testehr.TokenSpec{Format: testehr.JWT, Patient: "123", Aud: []string{routeBase}})
 		f.ehr.Close()
 		_, err := f.authorize(tok)
-		mustRefuse(t, err, 503, "")
+		mustRefuse(t, err, 502, "")
 	})
 	t.Run("warm", func(t *testing.T) {
 		f := setup(t, nil)
@@ -476,7 +477,7 @@ func TestEHRDown(t *testing.T) {
 			t.Fatalf("cached patient keys: %v", err)
 		}
 		_, err := f.authorize(b)
-		mustRefuse(t, err, 503, "")
+		mustRefuse(t, err, 502, "")
 	})
 }
 
@@ -763,7 +764,7 @@ func TestClientSecret(t *testing.T) {
 	p := f.allow(f.issue(testehr.TokenSpec{Patient: "123"}))
 	f.wantCalls(testehr.Token, 0) // introspection with HTTP Basic
 	keys, err := f.a.PatientKeys(t.Context(), p)
-	if err != nil || !slices.Equal(keys, []string{"MRN-123"}) {
+	if err != nil || !slices.Equal(keys, []pacskey.PatientKey{"MRN-123"}) {
 		t.Fatalf("keys %v %v", keys, err)
 	}
 	f.wantCalls(testehr.Token, 1) // client_secret_basic at the token endpoint
@@ -863,7 +864,7 @@ func TestPatientKeys(t *testing.T) {
 		e.AddPatient("p3", testehr.Identifier{System: mrnSystem, Value: "12*", TypeCode: "MR"},
 			testehr.Identifier{System: mrnSystem, Value: "", TypeCode: "MR"})
 	}
-	keysFor := func(t *testing.T, f *fixture, patient string) ([]string, *authz.Error) {
+	keysFor := func(t *testing.T, f *fixture, patient string) ([]pacskey.PatientKey, *authz.Error) {
 		t.Helper()
 		p := f.allow(f.issue(testehr.TokenSpec{Patient: patient}))
 		keys, err := f.a.PatientKeys(t.Context(), p)
@@ -873,12 +874,12 @@ func TestPatientKeys(t *testing.T) {
 		name    string
 		systems []string
 		patient string
-		want    []string
+		want    []pacskey.PatientKey
 		msg     string
 	}{
-		{"by system", []string{mrnSystem}, "p1", []string{"MRN-1"}, ""},
-		{"by two systems", []string{mrnSystem, other}, "p1", []string{"MRN-1", "OTHER-1"}, ""},
-		{"by type MR", nil, "p1", []string{"MR-1"}, ""},
+		{"by system", []string{mrnSystem}, "p1", []pacskey.PatientKey{"MRN-1"}, ""},
+		{"by two systems", []string{mrnSystem, other}, "p1", []pacskey.PatientKey{"MRN-1", "OTHER-1"}, ""},
+		{"by type MR", nil, "p1", []pacskey.PatientKey{"MR-1"}, ""},
 		{"no MRN by type", nil, "p2", nil, "no identifier usable as a PACS key (identifier type MR)"},
 		{"no MRN by system", []string{mrnSystem}, "p2", nil, "mrn_system " + mrnSystem},
 		{"pattern values refused", []string{mrnSystem}, "p3", nil, "cannot be used as exact PACS keys"},
@@ -915,7 +916,7 @@ func TestPatientKeys(t *testing.T) {
 		}
 		p = f.allow(f.issue(testehr.TokenSpec{Patient: "p4"}))
 		keys, err := f.a.PatientKeys(t.Context(), p)
-		if err != nil || !slices.Equal(keys, []string{"K-1"}) {
+		if err != nil || !slices.Equal(keys, []pacskey.PatientKey{"K-1"}) {
 			t.Fatalf("keys %v (%v), want [K-1]", keys, err)
 		}
 		ids, err = f.a.PatientIdentifiers(t.Context(), p)
@@ -962,7 +963,7 @@ func TestCallerTokenLookup(t *testing.T) {
 	})
 	p := f.allow(f.issue(testehr.TokenSpec{Format: testehr.JWT, Patient: "123", Aud: []string{routeBase}}))
 	keys, err := f.a.PatientKeys(t.Context(), p)
-	if err != nil || !slices.Equal(keys, []string{"MRN-123"}) {
+	if err != nil || !slices.Equal(keys, []pacskey.PatientKey{"MRN-123"}) {
 		t.Fatalf("keys %v %v", keys, err)
 	}
 	if got := f.ehr.LastPatientReadAuth(); got != "app" {

@@ -2,39 +2,35 @@ package smart
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/smart-imaging/smart_imaging/authz"
+	"github.com/smart-imaging/smart_imaging/internal/upstream"
 )
 
 // maxBody bounds every response body read from the EHR.
 const maxBody = 1 << 20
 
-// retryAfter is the Retry-After sent when the EHR is unreachable or slow.
+// retryAfter is the Retry-After sent when the EHR says it is unavailable.
 const retryAfter = 10 * time.Second
 
 // Error statuses for EHR trouble (documented in the package doc):
 //
-//   - unreachable (connection refused, DNS, reset), or the EHR itself
-//     answers 429/502/503/504: 503 with Retry-After;
-//   - no answer within the timeout: 504 with Retry-After;
+//   - the EHR answers 429/502/503/504: 503 with Retry-After;
+//   - no answer within the timeout: 504 with Retry-After, and unreachable
+//     (connection refused, DNS, reset): 502, by the rule every upstream
+//     shares (package internal/upstream);
 //   - an answer that is not what the protocol says (bad status, not JSON,
 //     missing fields): 502.
 
+// unavailable is the answer when the EHR says it is unavailable.
 func unavailable(what string, err error) *authz.Error {
 	return &authz.Error{Status: http.StatusServiceUnavailable, Code: "transient",
-		Message: "the EHR " + what + " is unreachable", RetryAfter: retryAfter, Err: err}
-}
-
-func timedOut(what string, err error) *authz.Error {
-	return &authz.Error{Status: http.StatusGatewayTimeout, Code: "timeout",
-		Message: "the EHR " + what + " did not answer in time", RetryAfter: retryAfter, Err: err}
+		Message: "the EHR " + what + " is unavailable", RetryAfter: retryAfter, Err: err}
 }
 
 func badGateway(what, msg string, err error) *authz.Error {
@@ -42,13 +38,9 @@ func badGateway(what, msg string, err error) *authz.Error {
 		Message: "the EHR " + what + " " + msg, Err: err}
 }
 
-// transportError classifies a failed round trip.
+// transportError classifies a failed round trip (upstream.Failed).
 func transportError(what string, err error) *authz.Error {
-	var ne net.Error
-	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
-		return timedOut(what, err)
-	}
-	return unavailable(what, err)
+	return upstream.Failed(err, "the EHR "+what+" did not answer in time", "the EHR "+what+" is unreachable")
 }
 
 // statusError classifies an unexpected HTTP status.
@@ -57,7 +49,6 @@ func statusError(what string, status int, hdr http.Header) *authz.Error {
 	switch status {
 	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 		e := unavailable(what, err)
-		e.Message = "the EHR " + what + " is unavailable"
 		if s, perr := strconv.Atoi(hdr.Get("Retry-After")); perr == nil && s > 0 && s <= 300 {
 			e.RetryAfter = time.Duration(s) * time.Second
 		}

@@ -2,6 +2,7 @@ package dicomweb
 
 import (
 	"fmt"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 	"net/url"
 	"strings"
 	"testing"
@@ -44,7 +45,7 @@ func BenchmarkCheckMetadata(b *testing.B) {
 	}
 	reqURL, _ := url.Parse(base + "/studies/" + study + "/metadata")
 	pw := &proxyWriter{src: src, repl: "https://gw/w/" + strings.Repeat("t", 180) + "/", reqURL: reqURL}
-	req := &imagesource.Retrieval{StudyUID: study, PatientIDs: []string{patient}}
+	req := &imagesource.Retrieval{StudyUID: study, PatientIDs: []pacskey.PatientKey{patient}}
 	body := benchMetadataBody(base, study, patient)
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()

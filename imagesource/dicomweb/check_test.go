@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -231,7 +232,7 @@ func TestRetrieveChecksMetadata(t *testing.T) {
 			rec := httptest.NewRecorder()
 			err := s.Retrieve(rec, httptest.NewRequest(http.MethodGet, "/x", nil), imagesource.Retrieval{
 				Path: mustParse(t, "studies/1.2/metadata"), PublicBase: publicBase,
-				StudyUID: "1.2", PatientIDs: tc.patients, Unrestricted: tc.patients == nil})
+				StudyUID: "1.2", PatientIDs: toKeys(tc.patients), Unrestricted: tc.patients == nil})
 			if tc.ok {
 				if err != nil || rec.Code != 200 || rec.Body.String() != tc.body {
 					t.Fatalf("err %v, HTTP %d, body %q; want the answer unchanged", err, rec.Code, rec.Body.String())
@@ -262,7 +263,7 @@ func TestRetrieveMetadataTooLarge(t *testing.T) {
 	})
 	rec := httptest.NewRecorder()
 	err := s.Retrieve(rec, httptest.NewRequest(http.MethodGet, "/x", nil), imagesource.Retrieval{
-		Path: mustParse(t, "studies/1.2/metadata"), PublicBase: publicBase, StudyUID: "1.2", PatientIDs: []string{testPatient}})
+		Path: mustParse(t, "studies/1.2/metadata"), PublicBase: publicBase, StudyUID: "1.2", PatientIDs: []pacskey.PatientKey{testPatient}})
 	if e, ok := imagesource.AsError(err); !ok || e.Status != http.StatusBadGateway || !strings.Contains(e.Message, "larger") {
 		t.Fatalf("err = %v, want a 502 saying the answer is too large", err)
 	}
@@ -387,7 +388,7 @@ func TestRetrieveRefusesRedirects(t *testing.T) {
 		})
 		rec := httptest.NewRecorder()
 		err := s.Retrieve(rec, httptest.NewRequest(http.MethodGet, "/x", nil), imagesource.Retrieval{
-			Path: mustParse(t, "studies/1.2"), PublicBase: publicBase, StudyUID: "1.2", PatientIDs: []string{testPatient}})
+			Path: mustParse(t, "studies/1.2"), PublicBase: publicBase, StudyUID: "1.2", PatientIDs: []pacskey.PatientKey{testPatient}})
 		if e, ok := imagesource.AsError(err); !ok || e.Status != http.StatusBadGateway || !strings.Contains(e.Message, "redirect") {
 			t.Errorf("HTTP %d from the PACS: err = %v, want a 502 naming the redirect", code, err)
 		}
@@ -408,7 +409,7 @@ func TestCheckMetadataChangesOnlyURIs(t *testing.T) {
 	body := " [ {\"0020000D\" : {\"vr\":\"UI\",\"Value\":[\"1.2\"]},\n\"00100020\":{\"vr\":\"LO\",\"Value\":[\"P\"]}," +
 		"\"00080005\":{\"vr\":\"CS\",\"Value\":[\"ISO_IR 192\"]},\"00281050\":{\"vr\":\"DS\",\"Value\":[40,-1.5e3]}," +
 		"\"7FE00010\":{\"vr\":\"OW\",\"BulkDataURI\":\"http://pacs:8042/dicom-web/studies/1.2/bulk\"}} ] \n"
-	req := &imagesource.Retrieval{StudyUID: "1.2", PatientIDs: []string{"P"}}
+	req := &imagesource.Retrieval{StudyUID: "1.2", PatientIDs: []pacskey.PatientKey{"P"}}
 	out, err := checkMetadata([]byte(body), req, pw.publicURL)
 	if err != nil {
 		t.Fatal(err)
@@ -433,7 +434,7 @@ func FuzzCheckMetadata(f *testing.F) {
 	const repl = "https://gw/w/T/"
 	reqURL, _ := url.Parse("http://pacs:8042/dicom-web/studies/1.2/metadata")
 	pw := &proxyWriter{src: src, repl: repl, reqURL: reqURL}
-	req := &imagesource.Retrieval{StudyUID: "1.2", PatientIDs: []string{"P"}}
+	req := &imagesource.Retrieval{StudyUID: "1.2", PatientIDs: []pacskey.PatientKey{"P"}}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		out, err := checkMetadata(body, req, pw.publicURL)
 		if err != nil {
@@ -486,4 +487,17 @@ func mustMarshal(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// toKeys converts test values to PACS keys (no parsing: tests also feed
+// values a parser would refuse, to see the sources refuse them).
+func toKeys(ss []string) []pacskey.PatientKey {
+	if ss == nil {
+		return nil
+	}
+	out := make([]pacskey.PatientKey, len(ss))
+	for i, s := range ss {
+		out[i] = pacskey.PatientKey(s)
+	}
+	return out
 }

@@ -8,7 +8,7 @@
 //
 // Upstream connection reuse: Orthanc closes idle keep-alive connections
 // after 1 s, so the transport that talks to it must drop idle connections
-// sooner (IdleConnTimeout below 1 s; the Caddy glue defaults to 800ms).
+// sooner (upstream.IdleConnTimeout, 800ms, the default of every upstream client).
 package dicomweb
 
 import (
@@ -22,6 +22,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/internal/upstream"
 )
 
 // Defaults of Config.
@@ -29,8 +32,9 @@ const (
 	DefaultQIDOTimeout       = 30 * time.Second
 	DefaultMaxConcurrentQIDO = 4
 	// DefaultIdleConnTimeout is the keep-alive idle time of the default
-	// client's transport: below Orthanc's fixed 1 s.
-	DefaultIdleConnTimeout = 800 * time.Millisecond
+	// client's transport: the gateway's one upstream default, below
+	// Orthanc's fixed 1 s.
+	DefaultIdleConnTimeout = upstream.IdleConnTimeout
 	// MaxQIDOBody bounds a QIDO-RS answer read into memory.
 	MaxQIDOBody = 32 << 20
 )
@@ -188,8 +192,7 @@ func parseBase(raw string) (*url.URL, error) {
 
 // defaultClient is used when New gets no client.
 func defaultClient() *http.Client {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.IdleConnTimeout = DefaultIdleConnTimeout
+	t := upstream.NewTransport()
 	t.ResponseHeaderTimeout = 0
 	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	return &http.Client{Transport: t}
@@ -205,3 +208,6 @@ func (s *Source) setAuth(h http.Header) {
 		h.Set("Authorization", s.authHeader)
 	}
 }
+
+// Interface guards
+var _ imagesource.Source = (*Source)(nil)

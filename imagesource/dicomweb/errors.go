@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/internal/upstream"
 )
 
 // DefaultRetryAfter is passed on with a PACS's 503 that names no delay.
@@ -144,27 +145,18 @@ func transportError(ctx context.Context, err error, what string, timeout time.Du
 		// The client went away: nothing to tell it.
 		return fmt.Errorf("dicomweb: %s: %w", what, err)
 	}
-	if isTimeout(err) || errors.Is(context.Cause(ctx), errQIDOTimeout) {
+	if upstream.IsTimeout(err) || errors.Is(context.Cause(ctx), errQIDOTimeout) {
 		msg := "the PACS did not answer in time"
 		if timeout > 0 {
 			msg = fmt.Sprintf("the PACS did not answer within %v", timeout)
 		}
-		return &imagesource.Error{Status: http.StatusGatewayTimeout, Code: "timeout", Message: msg, Err: err}
+		return upstream.TimedOut(msg, err)
 	}
-	return &imagesource.Error{Status: http.StatusBadGateway, Code: "exception",
-		Message: "the PACS could not be reached (" + describeNetError(err) + ")", Err: err}
+	return upstream.Unreachable("the PACS could not be reached ("+describeNetError(err)+")", err)
 }
 
 // errQIDOTimeout is the cancel cause of a QIDO call that ran out of time.
 var errQIDOTimeout = errors.New("QIDO-RS timeout")
-
-func isTimeout(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
 
 // describeNetError names the cause of a network failure in a few words,
 // without addresses.

@@ -20,6 +20,7 @@ import (
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
 	"github.com/smart-imaging/smart_imaging/internal/dicomgen"
 	"github.com/smart-imaging/smart_imaging/internal/orthanc"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 func TestMain(m *testing.M) { os.Exit(orthanc.RunTests(m)) }
@@ -111,7 +112,7 @@ func TestOrthancExactPatientIDNeedsThePostFilter(t *testing.T) {
 		t.Errorf("Orthanc wildcard query returned %d studies, want more than %d", len(wild), len(exact))
 	}
 
-	got, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []string{key}})
+	got, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{key}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +148,7 @@ func TestOrthancExactPatientIDNeedsThePostFilter(t *testing.T) {
 	}
 
 	// The decoy's own key finds only the decoy.
-	got, err = s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []string{dicomgen.DemoPatientCaseDecoy}})
+	got, err = s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{dicomgen.DemoPatientCaseDecoy}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +219,7 @@ func TestOrthancAllStudiesAndStudyUIDs(t *testing.T) {
 func TestOrthancWrongCredentials(t *testing.T) {
 	srv, _ := realPACS(t)
 	s := orthancSource(t, srv, srv.Username(), "not-the-password")
-	_, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []string{dicomgen.DemoPatientMRN}})
+	_, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{dicomgen.DemoPatientMRN}})
 	e, ok := imagesource.AsError(err)
 	if !ok || e.Status != http.StatusBadGateway || !strings.Contains(e.Message, "credentials (HTTP 401)") {
 		t.Fatalf("search: err = %v, want a 502 naming the credentials", err)

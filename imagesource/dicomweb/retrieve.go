@@ -16,6 +16,7 @@ import (
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomhead"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
+	"github.com/smart-imaging/smart_imaging/internal/upstream"
 )
 
 // thumbnailViewport is the size a thumbnail is rendered at when the client
@@ -675,18 +676,13 @@ func (pw *proxyWriter) finish(perr error) error {
 	if errors.As(perr, &he) {
 		switch {
 		case he.StatusCode == http.StatusGatewayTimeout:
-			return &imagesource.Error{Status: http.StatusGatewayTimeout, Code: "timeout",
-				Message: "the PACS did not answer in time", Err: perr}
+			return upstream.TimedOut("the PACS did not answer in time", perr)
 		case he.StatusCode == 499:
 			return fmt.Errorf("dicomweb: the client went away: %w", perr)
 		}
 	}
-	if isTimeout(perr) {
-		return &imagesource.Error{Status: http.StatusGatewayTimeout, Code: "timeout",
-			Message: "the PACS did not answer in time", Err: perr}
-	}
-	return &imagesource.Error{Status: http.StatusBadGateway, Code: "exception",
-		Message: "the PACS could not be reached (" + describeNetError(perr) + ")", Err: perr}
+	return upstream.Failed(perr, "the PACS did not answer in time",
+		"the PACS could not be reached ("+describeNetError(perr)+")")
 }
 
 // finishMetadata checks the gathered metadata and sends it, or refuses it
@@ -784,3 +780,9 @@ func jsonString(s string) string {
 	out := strings.TrimSpace(b.String())
 	return out[1 : len(out)-1]
 }
+
+// Interface guards
+var (
+	_ http.ResponseWriter = (*proxyWriter)(nil)
+	_ http.Flusher        = (*proxyWriter)(nil)
+)

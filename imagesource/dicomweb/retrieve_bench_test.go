@@ -3,6 +3,7 @@ package dicomweb_test
 import (
 	"bytes"
 	"fmt"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -71,7 +72,7 @@ func benchRetrieve(b *testing.B, path, accept string, proxy *cannedProxy) {
 		b.Fatal(err)
 	}
 	req := imagesource.Retrieval{Path: wp, PublicBase: "http://127.0.0.1:8080/bench/wado/" + strings.Repeat("t", 180),
-		StudyUID: benchStudyUID, PatientIDs: []string{benchPatient}}
+		StudyUID: benchStudyUID, PatientIDs: []pacskey.PatientKey{benchPatient}}
 	r := httptest.NewRequest(http.MethodGet, "/wado/x/"+path, nil)
 	r.Header.Set("Accept", accept)
 	b.SetBytes(int64(len(proxy.body)))

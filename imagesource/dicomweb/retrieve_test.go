@@ -114,7 +114,7 @@ func gatewayAs(t *testing.T, s *Source, patients []string) *httptest.Server {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		err = s.Retrieve(w, r, imagesource.Retrieval{Path: p, PublicBase: publicBase, StudyUID: p.StudyUID, PatientIDs: patients, Unrestricted: patients == nil})
+		err = s.Retrieve(w, r, imagesource.Retrieval{Path: p, PublicBase: publicBase, StudyUID: p.StudyUID, PatientIDs: toKeys(patients), Unrestricted: patients == nil})
 		if err == nil {
 			return
 		}

@@ -388,3 +388,8 @@ func partLength(hdr []byte) int64 {
 	}
 	return 0
 }
+
+// Interface guards
+var (
+	_ bodyFilter = (*multipartFilter)(nil)
+)

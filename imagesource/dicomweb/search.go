@@ -16,6 +16,7 @@ import (
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // studyFields are the study attributes the FHIR mapping needs. Orthanc
@@ -62,7 +63,7 @@ const tagBodyPartExamined = "00180015"
 //
 // With q.All it lists every study. Otherwise it issues one exact
 // studies?PatientID=<key> query per key; every key must pass
-// imagesource.CheckPatientKey (else a 400 before any call), and every study
+// pacskey.Parse again (else a 400 before any call), and every study
 // the PACS returns must carry exactly that PatientID: PACSs match
 // case-insensitively or with wildcards, so other studies are dropped (and
 // logged). q.StudyUIDs restricts the answer to those studies.
@@ -79,13 +80,13 @@ func (s *Source) FindStudies(ctx context.Context, q imagesource.Query) ([]images
 	if !q.All {
 		seen := map[string]bool{}
 		for _, k := range q.PatientIDs {
-			if err := imagesource.CheckPatientKey(k); err != nil {
+			if err := pacskey.Check(string(k)); err != nil {
 				return nil, &imagesource.Error{Status: http.StatusBadRequest, Code: "invalid",
 					Message: "refusing a patient key: " + err.Error(), Err: err}
 			}
-			if !seen[k] {
-				seen[k] = true
-				keys = append(keys, k)
+			if !seen[string(k)] {
+				seen[string(k)] = true
+				keys = append(keys, string(k))
 			}
 		}
 		if len(keys) == 0 {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // nopProxy is a Proxy for tests that only search.
@@ -134,7 +135,7 @@ func TestFindStudiesDropsStudiesOfOtherPatients(t *testing.T) {
 		study("1.4", "OTHER"),
 	}}
 	s, _ := newTestSource(t, pacs, Config{Username: "gw", Password: "s3cret"})
-	got, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []string{"SIA-MRN-0001"}})
+	got, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{"SIA-MRN-0001"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,13 +168,13 @@ func TestFindStudiesRefusesPatternKeysWithoutCallingThePACS(t *testing.T) {
 	pacs := &fakePACS{t: t, studies: []dicomjson.Dataset{study("1.1", "A")}}
 	s, _ := newTestSource(t, pacs, Config{})
 	for _, key := range []string{"", " ", "A*", "A?", "A,B", `A\B`, "*", "A%2A", "A&PatientID=B"} {
-		_, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []string{"A", key}})
+		_, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{"A", pacskey.PatientKey(key)}})
 		e, ok := imagesource.AsError(err)
 		if !ok || e.Status != http.StatusBadRequest {
 			t.Errorf("key %q: err = %v, want a 400 imagesource.Error", key, err)
 		}
 	}
-	_, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []string{"A"}, StudyUIDs: []string{"1.*"}})
+	_, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{"A"}, StudyUIDs: []string{"1.*"}})
 	if e, ok := imagesource.AsError(err); !ok || e.Status != http.StatusBadRequest {
 		t.Errorf("study UID pattern: err = %v, want 400", err)
 	}
@@ -223,7 +224,7 @@ func TestFindStudiesNoContent(t *testing.T) {
 		{"empty body", func(w http.ResponseWriter, r *http.Request) {}},
 	} {
 		s, _ := newTestSource(t, tc.h, Config{})
-		got, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []string{"A"}})
+		got, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{"A"}})
 		if err != nil || len(got) != 0 {
 			t.Errorf("%s: studies %v, err %v; want none and no error", tc.name, got, err)
 		}
@@ -259,7 +260,7 @@ func TestFindStudiesSeriesConcurrentlyAndBounded(t *testing.T) {
 		}
 	}
 	s, _ := newTestSource(t, pacs, Config{MaxConcurrentQIDO: limit})
-	got, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []string{"A"}})
+	got, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{"A"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +312,7 @@ func TestFindStudiesUpstreamErrors(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			s, _ := newTestSource(t, tc.h, Config{Username: "gw", Password: password})
-			_, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []string{"A"}})
+			_, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{"A"}})
 			e, ok := imagesource.AsError(err)
 			if !ok {
 				t.Fatalf("err = %v, want an imagesource.Error", err)
@@ -335,7 +336,7 @@ func TestFindStudiesTimeout(t *testing.T) {
 		case <-release:
 		}
 	}), Config{QIDOTimeout: 100 * time.Millisecond})
-	_, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []string{"A"}})
+	_, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{"A"}})
 	if e, ok := imagesource.AsError(err); !ok || e.Status != http.StatusGatewayTimeout || !strings.Contains(e.Message, "100ms") {
 		t.Fatalf("err = %v, want a 504 naming the 100ms bound", err)
 	}
@@ -352,7 +353,7 @@ func TestFindStudiesUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []string{"A"}})
+	_, err = s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{"A"}})
 	e, ok := imagesource.AsError(err)
 	if !ok || e.Status != http.StatusBadGateway || !strings.Contains(e.Message, "connection refused") {
 		t.Fatalf("err = %v, want a 502 naming the refused connection", err)
@@ -365,7 +366,7 @@ func TestFindStudiesUnreachable(t *testing.T) {
 func TestBearerCredentials(t *testing.T) {
 	pacs := &fakePACS{t: t}
 	s, _ := newTestSource(t, pacs, Config{Bearer: "tok-123"})
-	if _, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []string{"A"}}); err != nil {
+	if _, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{"A"}}); err != nil {
 		t.Fatal(err)
 	}
 	if pacs.auth[0] != "Bearer tok-123" {

@@ -13,6 +13,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/smart-imaging/smart_imaging/imagesource/folder"
+
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // The cache holds the instances of retrieved studies in a private
@@ -59,7 +61,7 @@ type entry struct {
 	c            *cache
 	uid          string
 	dir          string
-	keys         []string
+	keys         []pacskey.PatientKey
 	unrestricted bool
 	ctx          context.Context
 	cancel       context.CancelFunc
@@ -168,7 +170,7 @@ func (c *cache) janitor() {
 // acquire returns the shared entry of a study, or a new one with started
 // true (the caller then runs the retrieve). Either way the caller holds a
 // reference it gives back with release.
-func (c *cache) acquire(uid string, keys []string, unrestricted bool) (*entry, bool, error) {
+func (c *cache) acquire(uid string, keys []pacskey.PatientKey, unrestricted bool) (*entry, bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -398,7 +400,7 @@ func (c *cache) usage() Usage {
 func (c *cache) allowPatient(e *entry, patientID, issuer string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !e.unrestricted && !slices.Contains(e.keys, patientID) {
+	if !e.unrestricted && !slices.Contains(e.keys, pacskey.PatientKey(patientID)) {
 		return false
 	}
 	key := patientID + "\x00" + issuer

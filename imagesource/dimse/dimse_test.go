@@ -3,6 +3,7 @@ package dimse
 import (
 	"bytes"
 	"context"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -86,7 +87,7 @@ func retrieval(t *testing.T, path string) imagesource.Retrieval {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return imagesource.Retrieval{Path: p, PublicBase: "http://gw/wado/tok", StudyUID: p.StudyUID, PatientIDs: []string{p1}}
+	return imagesource.Retrieval{Path: p, PublicBase: "http://gw/wado/tok", StudyUID: p.StudyUID, PatientIDs: []pacskey.PatientKey{p1}}
 }
 
 func request(accept string) *http.Request {
@@ -142,7 +143,7 @@ func TestSearchIsExactAndRefusesPatterns(t *testing.T) {
 	p, addr := fakePACS(t)
 	s := newSource(t, addr, nil)
 	ctx := context.Background()
-	got, err := s.FindStudies(ctx, imagesource.Query{PatientIDs: []string{"SIA-MRN-0001"}})
+	got, err := s.FindStudies(ctx, imagesource.Query{PatientIDs: []pacskey.PatientKey{"SIA-MRN-0001"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +162,7 @@ func TestSearchIsExactAndRefusesPatterns(t *testing.T) {
 	}
 	_, before := p.Counts()
 	for _, key := range []string{"SIA-MRN-000*", "SIA-MRN-000?", `SIA-MRN-0001\SIA-MRN-00011`, ""} {
-		_, err := s.FindStudies(ctx, imagesource.Query{PatientIDs: []string{key}})
+		_, err := s.FindStudies(ctx, imagesource.Query{PatientIDs: []pacskey.PatientKey{pacskey.PatientKey(key)}})
 		if se, ok := imagesource.AsError(err); !ok || se.Status != http.StatusBadRequest {
 			t.Errorf("key %q: %v, want a 400", key, err)
 		}
@@ -351,7 +352,7 @@ func TestPACSFailures(t *testing.T) {
 	t.Run("association refused", func(t *testing.T) {
 		p.Set(func(p *dimsenet.Provider) { p.Refuse = true })
 		defer p.Set(func(p *dimsenet.Provider) { p.Refuse = false })
-		if _, err := s.FindStudies(ctx, imagesource.Query{PatientIDs: []string{p1}}); statusOf(err) != 502 {
+		if _, err := s.FindStudies(ctx, imagesource.Query{PatientIDs: []pacskey.PatientKey{p1}}); statusOf(err) != 502 {
 			t.Errorf("search: %v, want 502", err)
 		}
 		rec := httptest.NewRecorder()
@@ -365,7 +366,7 @@ func TestPACSFailures(t *testing.T) {
 	t.Run("slow PACS", func(t *testing.T) {
 		p.Set(func(p *dimsenet.Provider) { p.Delay = 2 * time.Second })
 		defer p.Set(func(p *dimsenet.Provider) { p.Delay = 0 })
-		if _, err := s.FindStudies(ctx, imagesource.Query{PatientIDs: []string{p1}}); statusOf(err) != 504 {
+		if _, err := s.FindStudies(ctx, imagesource.Query{PatientIDs: []pacskey.PatientKey{p1}}); statusOf(err) != 504 {
 			t.Errorf("search: %v, want 504", err)
 		}
 		rec := httptest.NewRecorder()
@@ -515,7 +516,7 @@ func TestAnotherPatientsKeysDoNotOpenACachedStudy(t *testing.T) {
 			path += "/metadata"
 		}
 		req := retrieval(t, path)
-		req.PatientIDs = []string{"SIA-MRN-0001"}
+		req.PatientIDs = []pacskey.PatientKey{"SIA-MRN-0001"}
 		rec := httptest.NewRecorder()
 		err := s.Retrieve(rec, request(accept), req)
 		if se, ok := imagesource.AsError(err); !ok || se.Status != http.StatusForbidden || rec.Body.Len() > 0 {

@@ -14,6 +14,7 @@ import (
 	"github.com/smart-imaging/smart_imaging/imagesource/folder"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
 	"github.com/smart-imaging/smart_imaging/internal/dimsenet"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // Retrieve answers a WADO-RS request. The study comes from the cache, or
@@ -87,7 +88,7 @@ func (s *Source) allowed(e *entry, req imagesource.Retrieval) bool {
 	s.cache.mu.Lock()
 	pid := e.patientID
 	s.cache.mu.Unlock()
-	return pid == "" || slices.Contains(req.PatientIDs, pid)
+	return pid == "" || slices.Contains(req.PatientIDs, pacskey.PatientKey(pid))
 }
 
 // retrieveError turns a failed retrieve into the client's answer (before
@@ -120,7 +121,7 @@ func (s *Source) stream(w http.ResponseWriter, r *http.Request, e *entry, cur *c
 		if f == nil {
 			break
 		}
-		mine := req.Unrestricted || slices.Contains(req.PatientIDs, f.patientID)
+		mine := req.Unrestricted || slices.Contains(req.PatientIDs, pacskey.PatientKey(f.patientID))
 		if !mine {
 			foreign++
 		}

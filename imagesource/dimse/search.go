@@ -16,6 +16,7 @@ import (
 	"github.com/smart-imaging/smart_imaging/imagesource/folder"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
 	"github.com/smart-imaging/smart_imaging/internal/dimsenet"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // Return keys asked for at each level.
@@ -86,7 +87,7 @@ func (s *Source) FindStudies(ctx context.Context, q imagesource.Query) ([]images
 			return nil, nil
 		}
 		for _, k := range q.PatientIDs {
-			if err := imagesource.CheckPatientKey(k); err != nil {
+			if err := pacskey.Check(string(k)); err != nil {
 				return nil, &imagesource.Error{Status: http.StatusBadRequest, Code: "invalid", Message: err.Error()}
 			}
 		}
@@ -154,7 +155,7 @@ func (s *Source) FindStudies(ctx context.Context, q imagesource.Query) ([]images
 		}
 	} else {
 		for _, k := range q.PatientIDs {
-			if err := collect(k); err != nil {
+			if err := collect(string(k)); err != nil {
 				return nil, pacsError("C-FIND", err)
 			}
 		}

@@ -31,6 +31,7 @@ import (
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 // Source serves the Part 10 files under one folder. It is immutable once
@@ -44,8 +45,6 @@ type Source struct {
 	notDICOM int // how many of problems are files without the Part 10 prefix
 	count    int
 }
-
-var _ imagesource.Source = (*Source)(nil)
 
 type study struct {
 	uid       string
@@ -441,7 +440,7 @@ func (s *Source) FindStudies(ctx context.Context, q imagesource.Query) ([]images
 		if want != nil && !want[st.uid] {
 			continue
 		}
-		if !q.All && !slices.Contains(q.PatientIDs, st.patientID) {
+		if !q.All && !slices.Contains(q.PatientIDs, pacskey.PatientKey(st.patientID)) {
 			continue
 		}
 		out = append(out, st.export())
@@ -497,3 +496,6 @@ func hasPreamble(r io.ReaderAt) bool {
 	}
 	return bytes.Equal(b[:], []byte("DICM"))
 }
+
+// Interface guards
+var _ imagesource.Source = (*Source)(nil)

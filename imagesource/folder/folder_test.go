@@ -11,6 +11,7 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -155,15 +156,15 @@ func TestFindStudiesExactPatientID(t *testing.T) {
 		want []string
 	}{
 		{"all, by date", imagesource.Query{All: true}, []string{studyB, studyA, studyC}},
-		{"exact id", imagesource.Query{PatientIDs: []string{"PAT-1"}}, []string{studyA}},
-		{"prefix does not match longer id", imagesource.Query{PatientIDs: []string{"PAT"}}, nil},
-		{"longer id only", imagesource.Query{PatientIDs: []string{"PAT-10"}}, []string{studyB}},
-		{"case variant", imagesource.Query{PatientIDs: []string{"pat-1"}}, []string{studyC}},
+		{"exact id", imagesource.Query{PatientIDs: []pacskey.PatientKey{"PAT-1"}}, []string{studyA}},
+		{"prefix does not match longer id", imagesource.Query{PatientIDs: []pacskey.PatientKey{"PAT"}}, nil},
+		{"longer id only", imagesource.Query{PatientIDs: []pacskey.PatientKey{"PAT-10"}}, []string{studyB}},
+		{"case variant", imagesource.Query{PatientIDs: []pacskey.PatientKey{"pat-1"}}, []string{studyC}},
 		{"no ids", imagesource.Query{}, nil},
-		{"several ids", imagesource.Query{PatientIDs: []string{"PAT-10", "PAT-1"}}, []string{studyB, studyA}},
-		{"study filter", imagesource.Query{PatientIDs: []string{"PAT-1"}, StudyUIDs: []string{studyB}}, nil},
+		{"several ids", imagesource.Query{PatientIDs: []pacskey.PatientKey{"PAT-10", "PAT-1"}}, []string{studyB, studyA}},
+		{"study filter", imagesource.Query{PatientIDs: []pacskey.PatientKey{"PAT-1"}, StudyUIDs: []string{studyB}}, nil},
 		{"study filter with all", imagesource.Query{All: true, StudyUIDs: []string{studyC}}, []string{studyC}},
-		{"conflicting study never shown", imagesource.Query{PatientIDs: []string{"PAT-2"}}, nil},
+		{"conflicting study never shown", imagesource.Query{PatientIDs: []pacskey.PatientKey{"PAT-2"}}, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -180,7 +181,7 @@ func TestFindStudiesExactPatientID(t *testing.T) {
 
 func TestFindStudiesAttributes(t *testing.T) {
 	s, _ := openTree(t)
-	got, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []string{"PAT-1"}})
+	got, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{"PAT-1"}})
 	if err != nil || len(got) != 1 {
 		t.Fatalf("FindStudies = %v, %v", got, err)
 	}
@@ -252,7 +253,7 @@ func TestFindStudiesAttributes(t *testing.T) {
 	// The answer is a copy: changing it does not change the next answer.
 	a.SetString(dicomjson.TagPatientID, "LO", "CHANGED")
 	st.Series[0].Attributes.Get(dicomjson.TagModality).Value[0] = "XX"
-	again, _ := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []string{"PAT-1"}})
+	again, _ := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{"PAT-1"}})
 	if len(again) != 1 || again[0].Series[0].Attributes.String(dicomjson.TagModality) != "CT" {
 		t.Error("a caller's change to the answer leaked into the index")
 	}
@@ -285,7 +286,7 @@ func BenchmarkFindStudies(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	q := imagesource.Query{PatientIDs: []string{"BENCH-7"}}
+	q := imagesource.Query{PatientIDs: []pacskey.PatientKey{"BENCH-7"}}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

@@ -288,3 +288,6 @@ func (h *header) imagePixel() imagePixel {
 	}
 	return ip
 }
+
+// Interface guards
+var _ io.Reader = (*countingReader)(nil)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 	"image"
 	"image/jpeg"
 	"image/png"
@@ -630,7 +631,7 @@ func TestRetrieveChecksStudyAndPatient(t *testing.T) {
 			}
 			rec := httptest.NewRecorder()
 			err = s.Retrieve(rec, httptest.NewRequest(http.MethodGet, "/x", nil), imagesource.Retrieval{
-				Path: p, PublicBase: publicBase, StudyUID: tc.study, PatientIDs: tc.patients, Unrestricted: tc.any})
+				Path: p, PublicBase: publicBase, StudyUID: tc.study, PatientIDs: toKeys(tc.patients), Unrestricted: tc.any})
 			if tc.want == 0 {
 				if err != nil || rec.Code != 200 || rec.Body.Len() == 0 {
 					t.Fatalf("err %v, HTTP %d, %d bytes; want the answer", err, rec.Code, rec.Body.Len())
@@ -646,4 +647,17 @@ func TestRetrieveChecksStudyAndPatient(t *testing.T) {
 			}
 		})
 	}
+}
+
+// toKeys converts test values to PACS keys (no parsing: tests also feed
+// values a parser would refuse, to see the sources refuse them).
+func toKeys(ss []string) []pacskey.PatientKey {
+	if ss == nil {
+		return nil
+	}
+	out := make([]pacskey.PatientKey, len(ss))
+	for i, s := range ss {
+		out[i] = pacskey.PatientKey(s)
+	}
+	return out
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
+	"github.com/smart-imaging/smart_imaging/internal/fhirid"
 )
 
 // tagBodyPartExamined is (0018,0015), mapped to series.bodySite.
@@ -239,30 +240,17 @@ func personName(pn string) string {
 	return strings.Join(out, " ")
 }
 
-// ResourceID returns a FHIR id ([A-Za-z0-9\-\.]{1,64}) for a study UID. A
-// DICOM UID (digits and dots, at most 64 characters) is its own id; anything
+// ResourceID returns a FHIR id (fhirid.Valid) for a study UID. A DICOM UID
+// (digits and dots, at most 64 characters) is its own id; anything
 // else (a malformed UID from a lenient PACS) becomes "h-" followed by the
 // first 62 hex digits of its SHA-256, which is deterministic, valid and
 // cannot be mistaken for a UID.
 func ResourceID(studyUID string) string {
-	if validID(studyUID) {
+	if fhirid.Valid(studyUID) {
 		return studyUID
 	}
 	sum := sha256.Sum256([]byte(studyUID))
 	return "h-" + hex.EncodeToString(sum[:])[:62]
-}
-
-func validID(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-' || c == '.') {
-			return false
-		}
-	}
-	return true
 }
 
 // text is the first value of tag, trimmed of DICOM padding.

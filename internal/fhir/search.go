@@ -360,3 +360,6 @@ func StudyUpdated(ds dicomjson.Dataset, zone *time.Location) (time.Time, bool) {
 	}
 	return time.Date(y, time.Month(mo), d, h, mi, sec, ns, loc), true
 }
+
+// Interface guards
+var _ error = (*SearchError)(nil)

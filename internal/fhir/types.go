@@ -339,3 +339,21 @@ func DecodeResource(b []byte) (Resource, error) {
 	}
 	return r, nil
 }
+
+// Interface guards
+var (
+	_ Resource = ImagingStudy{}
+	_ Resource = Endpoint{}
+	_ Resource = OperationOutcome{}
+	_ Resource = Bundle{}
+	_ Resource = CapabilityStatement{}
+	_ Resource = (*RawResource)(nil)
+
+	_ json.Marshaler   = ImagingStudy{}
+	_ json.Marshaler   = Endpoint{}
+	_ json.Marshaler   = OperationOutcome{}
+	_ json.Marshaler   = Bundle{}
+	_ json.Marshaler   = CapabilityStatement{}
+	_ json.Marshaler   = (*RawResource)(nil)
+	_ json.Unmarshaler = (*BundleEntry)(nil)
+)

@@ -23,9 +23,9 @@ const explanations = {
 	404: 'Not found on the server.',
 	406: 'The server cannot send this kind of data.',
 	429: 'The server is busy; try again shortly.',
-	502: 'The imaging server could not reach its image archive (PACS).',
-	503: 'The authorization server or the image archive is unavailable; try again shortly.',
-	504: 'The image archive did not answer in time.',
+	502: 'The imaging server could not reach its image archive (PACS) or the authorization server.',
+	503: 'The authorization server or the image archive is busy; try again shortly.',
+	504: 'The image archive or the authorization server did not answer in time; try again shortly.',
 };
 
 const reasonPhrases = {

@@ -1,0 +1,51 @@
+package studytoken
+
+import (
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/smart-imaging/smart_imaging/authz"
+)
+
+// Presented is what a WADO-RS request presents alongside its study token:
+// the route it arrived on, the caller's principal and the study its path
+// names.
+type Presented struct {
+	Route     string
+	Principal *authz.Principal
+	StudyUID  string
+}
+
+// Check opens token and checks that its claims grant the request: minted
+// by this route, for the caller's patient (unless the principal is
+// unrestricted), for the study in the path. Refusals are 403 *authz.Error
+// whose message tells the client what to do; a token that does not open or
+// has expired asks for a fresh search. The claims are returned whenever the
+// token opened, refused or not, so the caller can audit the study.
+func (k *Keyring) Check(token string, now time.Time, req Presented) (Claims, error) {
+	c, err := k.Open(token, now)
+	if err != nil {
+		msg := "the study token is not valid; search ImagingStudy again for a fresh Endpoint"
+		if errors.Is(err, ErrExpired) {
+			msg = "the study token has expired; search ImagingStudy again for a fresh Endpoint"
+		}
+		return Claims{}, &authz.Error{Status: http.StatusForbidden, Code: "forbidden", Message: msg, Err: err}
+	}
+	return c, c.grants(req)
+}
+
+// grants checks opened claims against the request.
+func (c Claims) grants(req Presented) error {
+	if c.Route != req.Route {
+		return authz.Forbidden("the study token was issued for another route")
+	}
+	p := req.Principal
+	if !p.Unrestricted && (c.Patient == "" || c.Patient != p.Patient) {
+		return authz.Forbidden("the study token was issued for another patient than this access token's")
+	}
+	if req.StudyUID != c.StudyUID {
+		return authz.Forbidden("the study in the path is not the study this address was issued for")
+	}
+	return nil
+}
