@@ -163,6 +163,9 @@ func TestReferenceLayout(t *testing.T) {
 	}
 	get(t, tc, base+"/hardcoded-patient/fhir/ImagingStudy?patient=someone-else", "*/*", http.StatusForbidden, "application/fhir+json")
 	get(t, tc, base+"/smart-sandbox/fhir/ImagingStudy?patient="+demoPatient, "*/*", http.StatusUnauthorized, "application/fhir+json")
+	if body := get(t, tc, base+"/favicon.ico", "*/*", http.StatusNotFound, "application/fhir+json"); !strings.Contains(string(body), "no such tenant") {
+		t.Errorf("unknown tenant: %s", body)
+	}
 
 	// The delayed tenant: 503, an integer Retry-After counting down to
 	// 2123-03-04T17:14:02Z (rounded up), an OperationOutcome; retrieves too.
