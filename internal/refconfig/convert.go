@@ -43,6 +43,9 @@ func Convert(name string, c *Config) (*Route, error) {
 	if name == "" || strings.ContainsAny(name, "/ \t{}#\"") {
 		return nil, fmt.Errorf("tenant name %q: want a plain path segment: %w", name, ErrNotConverted)
 	}
+	if err := noPlaceholders(c); err != nil {
+		return nil, err
+	}
 	r := &Route{Name: name}
 	prefix := envPrefix(name)
 	a, im := c.Authorization, c.Images
@@ -175,6 +178,33 @@ func Convert(name string, c *Config) (*Route, error) {
 	}
 	r.Lines = append(r.Lines, "\t}", "}")
 	return r, nil
+}
+
+// noPlaceholders refuses values that Caddy would read as placeholders in
+// the printed route ({env.…}, {file.…}): a value is copied as it is or not
+// at all.
+func noPlaceholders(c *Config) error {
+	a, im := c.Authorization, c.Images
+	vals := map[string]string{"authorization.fhirBaseUrl": a.FHIRBaseURL, "authorization.scope": c.BackendScope(),
+		"images.endpoint": im.Endpoint}
+	if a.Client != nil {
+		vals["authorization.client.client_id"] = a.Client.ClientID
+		if a.Client.JWK != nil {
+			vals["authorization.client.jwk.alg"], vals["authorization.client.jwk.kid"] = a.Client.JWK.Alg, a.Client.JWK.Kid
+		}
+	}
+	if a.Patient != nil {
+		vals["authorization.patient.id"] = a.Patient.ID
+		for i, id := range a.Patient.Identifier {
+			vals[fmt.Sprintf("authorization.patient.identifier[%d]", i)] = id.System + id.Value
+		}
+	}
+	for field, v := range vals {
+		if strings.ContainsAny(v, "{}\n\r") {
+			return fmt.Errorf("%s holds a brace or a line break, which the Caddyfile would not copy as it is: %w", field, ErrNotConverted)
+		}
+	}
+	return nil
 }
 
 // epicIntrospection derives Epic's introspection endpoint from its FHIR

@@ -85,4 +85,8 @@ func TestConvertRefusesWhatHasNoSafeEquivalent(t *testing.T) {
 	if _, err := Convert("a/b", cfg); !errors.Is(err, ErrNotConverted) {
 		t.Errorf("a tenant name with a slash: %v", err)
 	}
+	cfg.Images.Endpoint = "http://{env.PACS_SECRET}/dicom-web"
+	if _, err := Convert("open", cfg); !errors.Is(err, ErrNotConverted) || !strings.Contains(err.Error(), "images.endpoint") {
+		t.Errorf("a placeholder in a value: %v", err)
+	}
 }
