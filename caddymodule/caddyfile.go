@@ -48,6 +48,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		route_id <name>
 //		cors <origin>...|*
 //		max_render_size <pixels>
+//		delay {
+//			lookup_until <RFC 3339 instant | duration after start>
+//			retrieve_until <RFC 3339 instant | duration after start>
+//		}
 //		dynamic_config {
 //			allow_hosts <host[:port]>...
 //			allow_ehr_hosts <host[:port]>...
@@ -159,6 +163,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+		case "delay":
+			if h.Delay != nil {
+				return d.Err("delay is already set for this route")
+			}
+			c, err := unmarshalDelay(d)
+			if err != nil {
+				return err
+			}
+			h.Delay = c
 		case "dynamic_config":
 			if h.Dynamic != nil {
 				return d.Err("dynamic_config is already set for this route")
@@ -227,7 +240,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("dynamic_config needs allow_hosts (or allow_ehr_hosts and allow_pacs_hosts): the EHR and PACS hosts dynamic configs may use")
 			}
 		default:
-			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, base_url, route_id, cors, max_render_size, dynamic_config)", d.Val())
+			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, base_url, route_id, cors, max_render_size, delay, dynamic_config)", d.Val())
 		}
 	}
 	return nil

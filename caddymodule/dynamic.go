@@ -340,6 +340,7 @@ func (d *dynamicTenants) provision(ten *dynconfig.Tenant, key, parentRoute strin
 		RouteID:       parentRoute + "/dyn/" + key[:16],
 		CORS:          d.parent.CORS,
 		MaxRenderSize: d.parent.MaxRenderSize,
+		Delay:         ten.Delay,
 		inheritKeys:   d.parent.keys,
 		metricsRoute:  parentRoute + "/dyn",
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/smart-imaging/smart_imaging/authz"
 	"github.com/smart-imaging/smart_imaging/authz/studytoken"
 	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/internal/delay"
 )
 
 func init() {
@@ -97,6 +98,12 @@ type Handler struct {
 	// default size) to 65535.
 	MaxRenderSize int `json:"max_render_size,omitempty"`
 
+	// Delay answers searches and WADO-RS retrieves 503 with Retry-After
+	// until the instants it names: for testing clients against a slow
+	// archive.
+	Delay *delay.Config `json:"delay,omitempty"`
+
+	gate       *delay.Gate
 	authorizer authz.Authorizer
 	source     imagesource.Source
 	lookup     imagesource.Lookup
@@ -209,6 +216,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.ttl = time.Duration(h.StudyTokenTTL)
 	if h.ttl == 0 {
 		h.ttl = time.Hour
+	}
+	if err := h.provisionDelay(); err != nil {
+		return err
 	}
 	if h.Dynamic != nil {
 		h.dynamic, err = newDynamicTenants(ctx, h, *h.Dynamic)
@@ -328,7 +338,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.serveDual(w, r, path) {
 		return nil
 	}
+	if held, err := h.holdBack(w, r, path); held {
+		return err
+	}
 	switch {
+	case path == "/fhir":
+		return h.serveWelcome(w, r)
 	case path == "/fhir/metadata":
 		return h.serveMetadata(w, r)
 	case path == "/fhir/.well-known/smart-configuration":

@@ -31,6 +31,9 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/smart-imaging/smart_imaging/internal/delay"
+	"github.com/smart-imaging/smart_imaging/internal/refconfig"
 )
 
 // Kinds a tenant may name.
@@ -270,6 +273,9 @@ type Tenant struct {
 	Images Images
 	// StudyTokenTTL is the tenant's study token lifetime; 0: the route's.
 	StudyTokenTTL time.Duration
+	// Delay holds the tenant's searches and retrieves back with 503s
+	// until the instants it names (a test knob: it only refuses).
+	Delay *delay.Config
 }
 
 // Authz is the tenant's authorizer.
@@ -321,7 +327,7 @@ func DecodeSegment(seg string) ([]byte, error) {
 // The fields a URL may set, by object; credentialFields may be set only
 // where the route accepts credentials in URLs.
 var (
-	topFields         = []string{"authz", "images", "study_token_ttl"}
+	topFields         = []string{"authz", "images", "study_token_ttl", "delay"}
 	smartFields       = []string{"kind", "fhir_base_url", "client_id"}
 	smartCredFields   = []string{"client_secret", "private_key", "private_key_alg", "private_key_id"}
 	mockFields        = []string{"kind", "patient", "mrn", "fhir_base_url"}
@@ -331,13 +337,26 @@ var (
 
 // Parse checks the JSON of a /dyn config against the policy and returns
 // the tenant, with the operator's credentials for its hosts. Every refusal
-// is an *Error naming the field.
+// is an *Error naming the field. The reference server's JSON
+// ({"authorization": …, "images": …}) is accepted too, under the same
+// checks (see FromReference).
 func (p *Policy) Parse(raw []byte) (*Tenant, error) {
 	top, err := object("", raw)
 	if err != nil {
 		return nil, err
 	}
-	if err := onlyFields("", top, topFields, nil, "only authz, images and study_token_ttl may be set in a /dyn URL"); err != nil {
+	if refconfig.IsReference(top) {
+		return p.parseReference(raw)
+	}
+	return p.parseOurs(raw)
+}
+
+func (p *Policy) parseOurs(raw []byte) (*Tenant, error) {
+	top, err := object("", raw)
+	if err != nil {
+		return nil, err
+	}
+	if err := onlyFields("", top, topFields, nil, "only authz, images, study_token_ttl and delay may be set in a /dyn URL"); err != nil {
 		return nil, err
 	}
 	if top["authz"] == nil || top["images"] == nil {
@@ -358,10 +377,40 @@ func (p *Policy) Parse(raw []byte) (*Tenant, error) {
 			return nil, fail("study_token_ttl", ErrBadValue, "must be positive and at most the route's study token lifetime (%s)", p.MaxStudyTokenTTL)
 		}
 	}
+	if v, ok := top["delay"]; ok {
+		if t.Delay, err = parseDelay(v); err != nil {
+			return nil, err
+		}
+	}
 	if err := p.addCredentials(t); err != nil {
 		return nil, err
 	}
 	return t, nil
+}
+
+// parseDelay decodes {"lookup_until": …, "retrieve_until": …}: instants
+// (RFC 3339) or durations after the tenant starts.
+func parseDelay(raw json.RawMessage) (*delay.Config, error) {
+	m, err := object("delay", raw)
+	if err != nil {
+		return nil, err
+	}
+	if err := onlyFields("delay", m, []string{"lookup_until", "retrieve_until"}, nil, "delay sets only lookup_until and retrieve_until"); err != nil {
+		return nil, err
+	}
+	var c delay.Config
+	for _, f := range []struct {
+		name string
+		dst  *string
+	}{{"lookup_until", &c.LookupUntil}, {"retrieve_until", &c.RetrieveUntil}} {
+		if *f.dst, err = str("delay."+f.name, m[f.name], false); err != nil {
+			return nil, err
+		}
+		if _, err := delay.ParseUntil(*f.dst, time.Now()); err != nil {
+			return nil, fail("delay."+f.name, ErrBadValue, "%v", err)
+		}
+	}
+	return &c, nil
 }
 
 func (p *Policy) parseAuthz(raw json.RawMessage, a *Authz) error {

@@ -305,6 +305,11 @@ func FuzzParse(f *testing.F) {
 	seed(doc(smartOK, `{"kind":"folder","root":"/"}`))
 	seed(doc(`{"kind":"smart-on-fhir","fhir_base_url":"https://ehr.example.org/fhir","private_key":"etc/key.jwk"}`, pacsOK))
 	seed(doc(`{"kind":"smart-on-fhir","fhir_base_url":"http://pacs-only:8042/fhir"}`, `{"kind":"dicomweb","base_url":"https://ehr-only.example.org/dicom-web"}`))
+	// The reference server's JSON (issue 18).
+	seed(`{"authorization":{"type":"smart-on-fhir","fhirBaseUrl":"https://ehr.example.org/fhir","scope":"system/Patient.read","client":{"client_id":"c","jwk":{"alg":"ES384","kid":"k"},"jwkPrivate":{"kty":"EC","d":"x"}}},"images":{"type":"dicom-web","endpoint":"http://pacs.internal:8042/dicom-web","lookup":"studies-by-mrn","authentication":{"type":"http-basic","username":"u","password":"p"},"delay":{"lookupUntil":4833623642}}}`)
+	seed(`{"authorization":{"type":"mock","patient":{"id":"p","identifier":[{"type":{"coding":[{"code":"MR"}]},"value":"m"}]}},"images":{"type":"dicom-web","endpoint":"http://pacs.internal:8042/dicom-web","mrn":["identifier[0].value"]}}`)
+	seed(`{"authorization":{"type":"mock","disableAuthzChecks":true,"//c":1},"images":{"type":"dicom-dimse","endpoint":"dimse://pacs.internal:4242","ae":"X"}}`)
+	seed(`{"authorization":{"type":"smart-on-fhir-with-meditech-bugfixes","fhirBaseUrl":"https://ehr.example.org/fhir","client":{"client_secret":"s"}},"images":{"type":"dicom-web","endpoint":"http://pacs.internal:8042/dicom-web"}}`)
 	seed(`[]`)
 	f.Add("", true)
 	f.Add("====", true)
