@@ -25,7 +25,7 @@ func TestImportEveryReferenceConfig(t *testing.T) {
 	var out, errOut bytes.Buffer
 	err = runImport(&out, &errOut, "http://localhost:8000", files)
 	if !errors.Is(err, errSomeNotConverted) {
-		t.Fatalf("runImport = %v, want errSomeNotConverted (open-dimse, dual launch)", err)
+		t.Fatalf("runImport = %v, want errSomeNotConverted (dual launch)", err)
 	}
 	text := out.String()
 	_, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(out.Bytes(), map[string]any{"filename": "import.caddyfile"})
@@ -35,7 +35,7 @@ func TestImportEveryReferenceConfig(t *testing.T) {
 	for _, f := range files {
 		name := strings.TrimSuffix(filepath.Base(f), ".json")
 		switch name {
-		case "open-dimse", "smart-sandbox-independent":
+		case "smart-sandbox-independent":
 			if !strings.Contains(text, "# "+name+" was not converted: ") || !strings.Contains(errOut.String(), name) {
 				t.Errorf("%s: no reason given for leaving it out", name)
 			}
@@ -55,7 +55,7 @@ func TestImportEveryReferenceConfig(t *testing.T) {
 			t.Errorf("%s is not used and named", env)
 		}
 	}
-	for _, want := range []string{"lookup_until 2123-03-04T17:14:02Z", "disable_authz_checks", "patient 87a339d0-8cae-418e-89c7-8651e6aab3c6"} {
+	for _, want := range []string{"lookup_until 2123-03-04T17:14:02Z", "disable_authz_checks", "patient 87a339d0-8cae-418e-89c7-8651e6aab3c6", "images dimse orthanc:4242 {"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("output lacks %q", want)
 		}

@@ -135,7 +135,7 @@ func FromReference(raw []byte) ([]byte, error) {
 	case refconfig.ImagesDICOMweb:
 		images["kind"] = ImagesDICOMweb
 	case refconfig.ImagesDIMSE:
-		return nil, fail("images.type", ErrBadValue, "dicom-dimse is not served through /dyn here: only dicom-web (this build has no DIMSE image source; a DIMSE PACS is the operator's to configure)")
+		return nil, fail("images.type", ErrBadValue, "dicom-dimse is not served through /dyn: a URL may not make the gateway open a C-MOVE receiver and a disk cache; a DIMSE PACS is the operator's to configure (images dimse)")
 	case "":
 		return nil, fail("images.type", ErrMalformed, "required (dicom-web)")
 	default:

@@ -155,7 +155,12 @@ func Convert(name string, c *Config) (*Route, error) {
 		}
 		images = append(images, "}")
 	case ImagesDIMSE:
-		return nil, fmt.Errorf("dicom-dimse: this build has no DIMSE image source (images dimse is on the dimse branch, not merged here): %w", ErrNotConverted)
+		lines, notes, err := dimseImages(im, unrestricted)
+		if err != nil {
+			return nil, err
+		}
+		images = append(images, lines...)
+		r.Notes = append(r.Notes, notes...)
 	default:
 		return nil, fmt.Errorf("images.type %q is unknown: %w", im.Type, ErrNotConverted)
 	}
@@ -178,6 +183,50 @@ func Convert(name string, c *Config) (*Route, error) {
 	}
 	r.Lines = append(r.Lines, "\t}", "}")
 	return r, nil
+}
+
+// dimseReceiverPort is where the reference's C-MOVE receiver listened
+// (its DIMSE_PORT default): the PACS's modality entry for the reference's AE
+// points there, so the converted route listens there too.
+const dimseReceiverPort = "30104"
+
+// dimseImages maps a dicom-dimse config onto images dimse. The reference
+// ran findscu/movescu with its "ae" as calling AE and C-MOVE destination,
+// and dcmtk's default called AE (ANY-SCP), and received C-MOVEs on
+// DIMSE_PORT.
+func dimseImages(im Images, unrestricted bool) (lines, notes []string, err error) {
+	hostPort, ok := strings.CutPrefix(im.Endpoint, "dimse://")
+	if !ok || hostPort == "" || strings.ContainsAny(hostPort, "/?#@ ") {
+		return nil, nil, fmt.Errorf("images.endpoint %q: want dimse://host:port: %w", im.Endpoint, ErrNotConverted)
+	}
+	if im.AE == "" || len(im.AE) > 16 || strings.ContainsAny(im.AE, "\\{}\" ") {
+		return nil, nil, fmt.Errorf("images.ae %q: want the AE title the PACS sends C-MOVEs to (1 to 16 characters): %w", im.AE, ErrNotConverted)
+	}
+	if im.Retrieval != "" && im.Retrieval != "c-move" {
+		return nil, nil, fmt.Errorf("images.retrieval %q: the reference only did c-move: %w", im.Retrieval, ErrNotConverted)
+	}
+	lines = []string{"images dimse " + hostPort + " {",
+		"	called_ae ANY-SCP",
+		"	calling_ae " + im.AE,
+		"	retrieve c-move",
+		"	move_destination " + im.AE,
+		"	listen :" + dimseReceiverPort}
+	switch im.Lookup {
+	case LookupAll:
+		if unrestricted {
+			lines = append(lines, "	lookup all-studies")
+		} else {
+			lines = append(lines, "	lookup studies-by-mrn")
+		}
+	case "", LookupByMRN:
+		lines = append(lines, "	lookup studies-by-mrn")
+	default:
+		return nil, nil, fmt.Errorf("images.lookup %q is unknown: %w", im.Lookup, ErrNotConverted)
+	}
+	lines = append(lines, "}")
+	notes = []string{"the PACS must list AE " + im.AE + " at this server's address, port " + dimseReceiverPort +
+		", as the reference's was; called_ae ANY-SCP is what the reference's dcmtk tools sent: set the PACS's own AE title if it checks it"}
+	return lines, notes, nil
 }
 
 // noPlaceholders refuses values that Caddy would read as placeholders in

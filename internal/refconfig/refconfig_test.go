@@ -68,7 +68,6 @@ func TestParseIsExact(t *testing.T) {
 
 func TestConvertRefusesWhatHasNoSafeEquivalent(t *testing.T) {
 	for name, why := range map[string]string{
-		"open-dimse":                "no DIMSE image source",
 		"smart-sandbox-independent": "registered apps",
 	} {
 		raw, _ := os.ReadFile("testdata/" + name + ".json")
@@ -88,5 +87,39 @@ func TestConvertRefusesWhatHasNoSafeEquivalent(t *testing.T) {
 	cfg.Images.Endpoint = "http://{env.PACS_SECRET}/dicom-web"
 	if _, err := Convert("open", cfg); !errors.Is(err, ErrNotConverted) || !strings.Contains(err.Error(), "images.endpoint") {
 		t.Errorf("a placeholder in a value: %v", err)
+	}
+}
+
+// The reference's DIMSE tenant becomes images dimse with what its dcmtk
+// tools used: its AE as calling AE and C-MOVE destination, its receiver
+// port; a malformed endpoint or AE is not guessed at.
+func TestConvertDIMSE(t *testing.T) {
+	raw, _ := os.ReadFile("testdata/open-dimse.json")
+	cfg, err := Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Convert("open-dimse", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Join(r.Lines, "\n")
+	for _, want := range []string{"images dimse orthanc:4242 {", "calling_ae STORESCP", "retrieve c-move", "move_destination STORESCP", "listen :30104", "lookup studies-by-mrn", "disable_authz_checks"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("route lacks %q:\n%s", want, text)
+		}
+	}
+	for _, bad := range []struct{ endpoint, ae string }{
+		{"http://orthanc:4242", "STORESCP"},
+		{"dimse://orthanc:4242/x", "STORESCP"},
+		{"dimse://orthanc:4242", ""},
+		{"dimse://orthanc:4242", "AN-AE-TITLE-TOO-LONG"},
+		{"dimse://orthanc:4242", "A\\B"},
+	} {
+		c := *cfg
+		c.Images.Endpoint, c.Images.AE = bad.endpoint, bad.ae
+		if _, err := Convert("x", &c); !errors.Is(err, ErrNotConverted) {
+			t.Errorf("endpoint %q ae %q: %v", bad.endpoint, bad.ae, err)
+		}
 	}
 }
