@@ -217,92 +217,44 @@ func (m *DualAuthz) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	one := func(dst *string) error {
-		if !d.NextArg() {
-			return d.ArgErr()
-		}
-		*dst = d.Val()
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-		return nil
-	}
-	dur := func(dst *caddy.Duration) error {
-		name := d.Val()
-		var s string
-		if err := one(&s); err != nil {
-			return err
-		}
-		v, err := caddy.ParseDuration(s)
-		if err != nil || v <= 0 {
-			return d.Errf("%s: %q is not a positive duration", name, s)
-		}
-		*dst = caddy.Duration(v)
-		return nil
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		var err error
-		switch opt := d.Val(); opt {
-		case "fhir_base_url":
-			err = one(&m.FHIRBaseURL)
-		case "client_id":
-			err = one(&m.ClientID)
-		case "client_secret":
-			err = one(&m.ClientSecret)
-		case "private_key":
-			err = one(&m.PrivateKey)
-		case "private_key_alg":
-			err = one(&m.PrivateKeyAlg)
-		case "private_key_id":
-			err = one(&m.PrivateKeyID)
-		case "signing_key":
-			err = one(&m.SigningKey)
-		case "token_ttl":
-			err = dur(&m.TokenTTL)
-		case "timeout":
-			err = dur(&m.Timeout)
-		case "ehr_scope":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			m.EHRScope = strings.Join(args, " ")
-		case "mrn_system":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			m.MRNSystem = append(m.MRNSystem, args...)
-		case "app":
+	return m.subdirectives().parseBlock(d, "authz smart-on-fhir-independent")
+}
+
+// subdirectives is the table of the block's options.
+func (m *DualAuthz) subdirectives() subdirectives {
+	c := &m.Config
+	return subdirectives{
+		{"fhir_base_url", oneArg(&c.FHIRBaseURL)},
+		{"client_id", oneArg(&c.ClientID)},
+		{"client_secret", oneArg(&c.ClientSecret)},
+		{"private_key", oneArg(&c.PrivateKey)},
+		{"private_key_alg", oneArg(&c.PrivateKeyAlg)},
+		{"private_key_id", oneArg(&c.PrivateKeyID)},
+		{"signing_key", oneArg(&c.SigningKey)},
+		{"token_ttl", positiveDuration(&c.TokenTTL)},
+		{"ehr_scope", joinedArgs(&c.EHRScope)},
+		{"mrn_system", someArgs(&c.MRNSystem)},
+		{"timeout", positiveDuration(&c.Timeout)},
+		{"app", func(d *caddyfile.Dispenser) error {
 			var app dual.App
-			if err = one(&app.ClientID); err != nil {
+			if err := oneArg(&app.ClientID)(d); err != nil {
 				return err
 			}
-			for n := d.Nesting(); d.NextBlock(n); {
-				switch d.Val() {
-				case "redirect_uri":
-					args := d.RemainingArgs()
-					if len(args) == 0 {
-						return d.ArgErr()
-					}
-					app.RedirectURIs = append(app.RedirectURIs, args...)
-				case "jwks_url":
-					if err := one(&app.JWKSURL); err != nil {
-						return err
-					}
-				default:
-					return d.Errf("unrecognized app option '%s' (known: redirect_uri, jwks_url)", d.Val())
-				}
+			if err := appSubdirectives(&app).parseBlock(d, "app"); err != nil {
+				return err
 			}
-			m.Apps = append(m.Apps, app)
-		default:
-			return d.Errf("unrecognized authz smart-on-fhir-independent option '%s' (known: fhir_base_url, client_id, client_secret, private_key, private_key_alg, private_key_id, signing_key, token_ttl, ehr_scope, mrn_system, timeout, app)", opt)
-		}
-		if err != nil {
-			return err
-		}
+			c.Apps = append(c.Apps, app)
+			return nil
+		}},
 	}
-	return nil
+}
+
+// appSubdirectives is the table of an app block's options.
+func appSubdirectives(app *dual.App) subdirectives {
+	return subdirectives{
+		{"redirect_uri", someArgs(&app.RedirectURIs)},
+		{"jwks_url", oneArg(&app.JWKSURL)},
+	}
 }
 
 // Interface guards.

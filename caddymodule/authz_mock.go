@@ -90,54 +90,38 @@ func (m *MockAuthz) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	for d.NextBlock(0) {
-		switch d.Val() {
-		case "patient":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			m.Patient = d.Val()
-			// Allow "patient <id> mrn <mrn>" on one line, as in the demo.
-			for d.NextArg() {
-				if d.Val() != "mrn" {
-					return d.Errf("unexpected '%s' after patient id (did you mean 'mrn'?)", d.Val())
-				}
-				m.MRN = append(m.MRN, d.RemainingArgs()...)
-				if len(m.MRN) == 0 {
-					return d.ArgErr()
-				}
-			}
-		case "mrn":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			m.MRN = append(m.MRN, args...)
-		case "fhir_base_url":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			m.FHIRBaseURL = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "mrn_system":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			m.MRNSystem = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "scopes":
+	return m.subdirectives().parseBlock(d, "authz mock")
+}
+
+// subdirectives is the table of the block's options.
+func (m *MockAuthz) subdirectives() subdirectives {
+	return subdirectives{
+		{"patient", m.parsePatient},
+		{"mrn", someArgs(&m.MRN)},
+		{"mrn_system", oneArg(&m.MRNSystem)},
+		{"fhir_base_url", oneArg(&m.FHIRBaseURL)},
+		{"scopes", func(d *caddyfile.Dispenser) error {
 			m.Scopes = append(m.Scopes, d.RemainingArgs()...)
-		case "disable_authz_checks":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			m.DisableAuthzChecks = true
-		default:
-			return d.Errf("unrecognized authz mock option '%s' (known: patient, mrn, mrn_system, fhir_base_url, scopes, disable_authz_checks)", d.Val())
+			return nil
+		}},
+		{"disable_authz_checks", flag(&m.DisableAuthzChecks)},
+	}
+}
+
+// parsePatient reads "patient <id>", or "patient <id> mrn <mrn>..." on one
+// line, as in the demo.
+func (m *MockAuthz) parsePatient(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	m.Patient = d.Val()
+	for d.NextArg() {
+		if d.Val() != "mrn" {
+			return d.Errf("unexpected '%s' after patient id (did you mean 'mrn'?)", d.Val())
+		}
+		m.MRN = append(m.MRN, d.RemainingArgs()...)
+		if len(m.MRN) == 0 {
+			return d.ArgErr()
 		}
 	}
 	return nil

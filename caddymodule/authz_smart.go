@@ -2,9 +2,9 @@ package caddymodule
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -32,7 +32,11 @@ func init() {
 type SmartAuthz struct {
 	smart.Config
 
-	impl *smart.Authorizer
+	// ctx and resolved (the Config with placeholders resolved) are kept
+	// from Provision for bindRoute.
+	ctx      caddy.Context
+	resolved smart.Config
+	impl     *smart.Authorizer
 }
 
 // CaddyModule returns the Caddy module information.
@@ -43,12 +47,10 @@ func (SmartAuthz) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision resolves placeholders and builds the authorizer. It does no
-// network I/O (caddy validate runs it): discovery, tokens and keys are
-// fetched on first use. When no audience is configured, the route's
-// base_url + "/fhir" is the expected token audience; without base_url, an
-// introspected aud must name the route's FHIR base derived from each
-// request (the handler passes it in the request's context).
+// Provision resolves placeholders. It does no network I/O (caddy validate
+// runs it): discovery, tokens and keys are fetched on first use. The
+// authorizer is built by bindRoute, which the smart_imaging handler calls
+// next with the route's public FHIR base.
 func (m *SmartAuthz) Provision(ctx caddy.Context) error {
 	repl := caddy.NewReplacer()
 	// ReplaceKnown leaves anything that is not a placeholder alone (an
@@ -85,41 +87,35 @@ func (m *SmartAuthz) Provision(ctx caddy.Context) error {
 	cfg.Audience = rs(cfg.Audience)
 	cfg.AcceptScopes = rs(cfg.AcceptScopes)
 	cfg.MRNSystem = rs(cfg.MRNSystem)
-	if len(cfg.Audience) == 0 {
-		if base := routeFHIRBase(ctx); base != "" {
-			cfg.Audience = []string{base}
-		}
+	m.ctx, m.resolved = ctx, cfg
+	return nil
+}
+
+// bindRoute builds the authorizer for the route whose public FHIR base
+// (base_url + "/fhir") is routeFHIRBase, or "" when the route has no
+// base_url. With no audience configured, routeFHIRBase is the expected
+// token audience; without either, an introspected aud must name the
+// route's FHIR base derived from each request (the handler passes it in
+// the request's context).
+func (m *SmartAuthz) bindRoute(routeFHIRBase string) error {
+	cfg := m.resolved
+	if len(cfg.Audience) == 0 && routeFHIRBase != "" {
+		cfg.Audience = []string{routeFHIRBase}
 	}
 	client := &http.Client{Timeout: smart.DefaultTimeout, Transport: upstream.NewTransport(), CheckRedirect: upstream.NoRedirects}
 	if cfg.Timeout > 0 {
 		client.Timeout = time.Duration(cfg.Timeout)
 	}
-	impl, err := smart.New(ctx, cfg, client, ctx.Logger())
+	impl, err := smart.New(m.ctx, cfg, client, m.ctx.Logger())
+	if errors.Is(err, smart.ErrNoAudience) {
+		err = fmt.Errorf("%w: set audience, or base_url on the smart_imaging route", err)
+	}
 	if err != nil {
-		if len(cfg.Audience) == 0 && strings.Contains(err.Error(), "audience") {
-			err = fmt.Errorf("%w: set audience, or base_url on the smart_imaging route", err)
-		}
 		return fmt.Errorf("authz smart-on-fhir: %w", err)
 	}
 	impl.SetCacheObserver(func(result string) { AuthzCacheLookups.WithLabelValues(result).Inc() })
 	m.impl = impl
 	return nil
-}
-
-// routeFHIRBase is base_url + "/fhir" of the smart_imaging handler that
-// loads this module, if it has one.
-func routeFHIRBase(ctx caddy.Context) string {
-	mods := ctx.Modules()
-	for i := len(mods) - 1; i >= 0; i-- {
-		if h, ok := mods[i].(*Handler); ok {
-			base := strings.TrimRight(caddy.NewReplacer().ReplaceKnown(h.BaseURL, ""), "/")
-			if base == "" {
-				return ""
-			}
-			return base + "/fhir"
-		}
-	}
-	return ""
 }
 
 // Authorize implements authz.Authorizer.
@@ -176,118 +172,35 @@ func (m *SmartAuthz) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.ArgErr()
 		}
 	}
-	one := func(dst *string) error {
-		if !d.NextArg() {
-			return d.ArgErr()
-		}
-		*dst = d.Val()
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-		return nil
+	return m.subdirectives().parseBlock(d, "authz smart-on-fhir")
+}
+
+// subdirectives is the table of the block's options.
+func (m *SmartAuthz) subdirectives() subdirectives {
+	c := &m.Config
+	return subdirectives{
+		{"fhir_base_url", oneArg(&c.FHIRBaseURL)},
+		{"client_id", oneArg(&c.ClientID)},
+		{"private_key", oneArg(&c.PrivateKey)},
+		{"private_key_alg", oneArg(&c.PrivateKeyAlg)},
+		{"private_key_id", oneArg(&c.PrivateKeyID)},
+		{"client_secret", oneArg(&c.ClientSecret)},
+		{"scope", joinedArgs(&c.Scope)},
+		{"validation", oneOf(&c.Validation, smart.ValidationIntrospection, smart.ValidationJWT, smart.ValidationAuto)},
+		{"introspection_endpoint", oneArg(&c.IntrospectionEndpoint)},
+		{"token_endpoint", oneArg(&c.TokenEndpoint)},
+		{"jwks_url", oneArg(&c.JWKSURL)},
+		{"audience", someArgs(&c.Audience)},
+		{"issuer", oneArg(&c.Issuer)},
+		{"patient_claim", oneOf(&c.PatientClaim, "patient", "fhirUser", "sub")},
+		{"accept_scopes", someArgs(&c.AcceptScopes)},
+		{"mrn_system", someArgs(&c.MRNSystem)},
+		{"patient_lookup_token", oneOf(&c.PatientLookupToken, smart.LookupTokenBackend, smart.LookupTokenCaller)},
+		{"cache_ttl", positiveDuration(&c.CacheTTL)},
+		{"inactive_cache_ttl", positiveDuration(&c.InactiveCacheTTL)},
+		{"cache_size", positiveInt(&c.CacheSize)},
+		{"timeout", positiveDuration(&c.Timeout)},
 	}
-	many := func(dst *[]string) error {
-		args := d.RemainingArgs()
-		if len(args) == 0 {
-			return d.ArgErr()
-		}
-		*dst = append(*dst, args...)
-		return nil
-	}
-	dur := func(dst *caddy.Duration) error {
-		name := d.Val()
-		var s string
-		if err := one(&s); err != nil {
-			return err
-		}
-		v, err := caddy.ParseDuration(s)
-		if err != nil || v <= 0 {
-			return d.Errf("%s: %q is not a positive duration", name, s)
-		}
-		*dst = caddy.Duration(v)
-		return nil
-	}
-	for d.NextBlock(0) {
-		var err error
-		switch opt := d.Val(); opt {
-		case "fhir_base_url":
-			err = one(&m.FHIRBaseURL)
-		case "client_id":
-			err = one(&m.ClientID)
-		case "client_secret":
-			err = one(&m.ClientSecret)
-		case "private_key":
-			err = one(&m.PrivateKey)
-		case "private_key_alg":
-			err = one(&m.PrivateKeyAlg)
-		case "private_key_id":
-			err = one(&m.PrivateKeyID)
-		case "scope":
-			var scopes []string
-			if err = many(&scopes); err == nil {
-				m.Scope = strings.Join(scopes, " ")
-			}
-		case "validation":
-			if err = one(&m.Validation); err == nil {
-				switch m.Validation {
-				case smart.ValidationIntrospection, smart.ValidationJWT, smart.ValidationAuto:
-				default:
-					return d.Errf("validation: %q is not introspection, jwt or auto", m.Validation)
-				}
-			}
-		case "introspection_endpoint":
-			err = one(&m.IntrospectionEndpoint)
-		case "token_endpoint":
-			err = one(&m.TokenEndpoint)
-		case "jwks_url":
-			err = one(&m.JWKSURL)
-		case "audience":
-			err = many(&m.Audience)
-		case "issuer":
-			err = one(&m.Issuer)
-		case "patient_claim":
-			if err = one(&m.PatientClaim); err == nil {
-				switch m.PatientClaim {
-				case "patient", "fhirUser", "sub":
-				default:
-					return d.Errf("patient_claim: %q is not patient, fhirUser or sub", m.PatientClaim)
-				}
-			}
-		case "accept_scopes":
-			err = many(&m.AcceptScopes)
-		case "mrn_system":
-			err = many(&m.MRNSystem)
-		case "patient_lookup_token":
-			if err = one(&m.PatientLookupToken); err == nil {
-				switch m.PatientLookupToken {
-				case smart.LookupTokenBackend, smart.LookupTokenCaller:
-				default:
-					return d.Errf("patient_lookup_token: %q is not backend or caller", m.PatientLookupToken)
-				}
-			}
-		case "cache_ttl":
-			err = dur(&m.CacheTTL)
-		case "inactive_cache_ttl":
-			err = dur(&m.InactiveCacheTTL)
-		case "timeout":
-			err = dur(&m.Timeout)
-		case "cache_size":
-			var s string
-			if err = one(&s); err == nil {
-				n, perr := strconv.Atoi(s)
-				if perr != nil || n <= 0 {
-					return d.Errf("cache_size: %q is not a positive number", s)
-				}
-				m.CacheSize = n
-			}
-		default:
-			return d.Errf("unrecognized authz smart-on-fhir option '%s' (known: fhir_base_url, client_id, private_key, private_key_alg, private_key_id, client_secret, scope, validation, introspection_endpoint, token_endpoint, jwks_url, audience, issuer, patient_claim, accept_scopes, mrn_system, patient_lookup_token, cache_ttl, inactive_cache_ttl, cache_size, timeout)", opt)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // Interface guards.
@@ -319,4 +232,5 @@ var (
 	_ smartConfigurer       = (*SmartAuthz)(nil)
 	_ checker               = (*SmartAuthz)(nil)
 	_ urlRestricter         = (*SmartAuthz)(nil)
+	_ routeBinder           = (*SmartAuthz)(nil)
 )

@@ -149,7 +149,8 @@ func TestSmartAuthzProvisionErrors(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 			defer cancel()
-			_, err := ctx.LoadModuleByID("http.handlers.smart_imaging.authz.smart-on-fhir", json.RawMessage(raw))
+			route := `{"authz": {"kind": "smart-on-fhir", ` + raw[1:] + `, "images": {"kind": "folder", "root": "` + t.TempDir() + `"}}`
+			_, err := ctx.LoadModuleByID("http.handlers.smart_imaging", json.RawMessage(route))
 			if err == nil {
 				t.Fatal("accepted")
 			}

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"strconv"
 	"strings"
 
@@ -71,76 +72,37 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	var warnings []caddyconfig.Warning
-	for d.NextBlock(0) {
-		switch d.Val() {
-		case "authz":
-			if h.AuthzRaw != nil {
-				return d.Err("authz is already set for this route")
-			}
-			if !d.NextArg() {
-				return d.Errf("authz needs a kind: mock or smart-on-fhir")
-			}
-			kind := d.Val()
-			if err := knownKind(d, "http.handlers.smart_imaging.authz", kind); err != nil {
-				return err
-			}
-			mod, err := caddyfile.UnmarshalModule(d, "http.handlers.smart_imaging.authz."+kind)
-			if err != nil {
-				return d.Errf("authz %s: %v", kind, err)
-			}
-			h.AuthzRaw = caddyconfig.JSONModuleObject(mod, "kind", kind, &warnings)
-		case "images":
-			if h.ImagesRaw != nil {
-				return d.Err("images is already set for this route")
-			}
-			if !d.NextArg() {
-				return d.Errf("images needs a kind: folder or dicomweb")
-			}
-			kind := d.Val()
-			if err := knownKind(d, "http.handlers.smart_imaging.images", kind); err != nil {
-				return err
-			}
-			mod, err := caddyfile.UnmarshalModule(d, "http.handlers.smart_imaging.images."+kind)
-			if err != nil {
-				return d.Errf("images %s: %v", kind, err)
-			}
-			h.ImagesRaw = caddyconfig.JSONModuleObject(mod, "kind", kind, &warnings)
-		case "study_token_key":
+	return h.subdirectives().parseBlock(d, "smart_imaging")
+}
+
+// subdirectives is the table of the handler's options.
+func (h *Handler) subdirectives() subdirectives {
+	return subdirectives{
+		{"authz", guestModule(&h.AuthzRaw, "authz", "mock or smart-on-fhir", "http.handlers.smart_imaging.authz")},
+		{"images", guestModule(&h.ImagesRaw, "images", "folder or dicomweb", "http.handlers.smart_imaging.images")},
+		{"study_token_key", func(d *caddyfile.Dispenser) error {
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
 			h.StudyTokenKey, h.StudyTokenPreviousKeys = args[0], args[1:]
-		case "study_token_ttl":
-			if !d.NextArg() {
-				return d.ArgErr()
+			return nil
+		}},
+		{"study_token_ttl", func(d *caddyfile.Dispenser) error {
+			var s string
+			if err := oneArg(&s)(d); err != nil {
+				return err
 			}
-			dur, err := caddy.ParseDuration(d.Val())
+			dur, err := caddy.ParseDuration(s)
 			if err != nil {
 				return d.Errf("study_token_ttl: %v", err)
 			}
 			h.StudyTokenTTL = caddy.Duration(dur)
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "base_url":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			h.BaseURL = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "route_id":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			h.RouteID = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "cors":
+			return nil
+		}},
+		{"base_url", oneArg(&h.BaseURL)},
+		{"route_id", oneArg(&h.RouteID)},
+		{"cors", func(d *caddyfile.Dispenser) error {
 			origins := d.RemainingArgs()
 			if len(origins) == 0 {
 				return d.Err("cors needs at least one origin (https://viewer.example.org) or *")
@@ -151,19 +113,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 			h.CORS = append(h.CORS, origins...)
-		case "max_render_size":
-			if !d.NextArg() {
-				return d.ArgErr()
+			return nil
+		}},
+		{"max_render_size", func(d *caddyfile.Dispenser) error {
+			var s string
+			if err := oneArg(&s)(d); err != nil {
+				return err
 			}
-			n, err := strconv.Atoi(d.Val())
+			n, err := strconv.Atoi(s)
 			if err != nil || n < imagesource.MinMaxRenderSize || n > imagesource.MaxImageSide {
-				return d.Errf("max_render_size: want a number of pixels from %d to %d, got %q", imagesource.MinMaxRenderSize, imagesource.MaxImageSide, d.Val())
+				return d.Errf("max_render_size: want a number of pixels from %d to %d, got %q", imagesource.MinMaxRenderSize, imagesource.MaxImageSide, s)
 			}
 			h.MaxRenderSize = n
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "delay":
+			return nil
+		}},
+		{"delay", func(d *caddyfile.Dispenser) error {
 			if h.Delay != nil {
 				return d.Err("delay is already set for this route")
 			}
@@ -172,78 +136,100 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.Delay = c
-		case "dynamic_config":
+			return nil
+		}},
+		{"dynamic_config", func(d *caddyfile.Dispenser) error {
 			if h.Dynamic != nil {
 				return d.Err("dynamic_config is already set for this route")
 			}
-			h.Dynamic = &DynamicConfig{}
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			for nesting := d.Nesting(); d.NextBlock(nesting); {
-				switch d.Val() {
-				case "allow_hosts", "allow_ehr_hosts", "allow_pacs_hosts":
-					opt := d.Val()
-					hosts := d.RemainingArgs()
-					if len(hosts) == 0 {
-						return d.ArgErr()
-					}
-					dst := map[string]*[]string{"allow_hosts": &h.Dynamic.AllowHosts, "allow_ehr_hosts": &h.Dynamic.AllowEHRHosts,
-						"allow_pacs_hosts": &h.Dynamic.AllowPACSHosts}[opt]
-					*dst = append(*dst, hosts...)
-				case "allow_mock":
-					if d.NextArg() {
-						return d.ArgErr()
-					}
-					h.Dynamic.AllowMock = true
-				case "max_configs":
-					if !d.NextArg() {
-						return d.ArgErr()
-					}
-					n, err := strconv.Atoi(d.Val())
-					if err != nil || n < 1 {
-						return d.Errf("max_configs: want a positive integer, got %q", d.Val())
-					}
-					h.Dynamic.MaxConfigs = n
-				case "credentials":
-					c, err := parseDynamicCredential(d)
-					if err != nil {
-						return err
-					}
-					h.Dynamic.Credentials = append(h.Dynamic.Credentials, c)
-				case "allow_url_credentials":
-					if d.NextArg() {
-						return d.ArgErr()
-					}
-					h.Dynamic.AllowURLCredentials = true
-				case "authz":
-					if h.Dynamic.SMART != nil {
-						return d.Err("dynamic_config: authz is already set")
-					}
-					if !d.NextArg() || d.Val() != "smart-on-fhir" {
-						return d.Err("dynamic_config: authz smart-on-fhir { … } sets the policy of smart-on-fhir tenants")
-					}
-					mod, err := caddyfile.UnmarshalModule(d, "http.handlers.smart_imaging.authz.smart-on-fhir")
-					if err != nil {
-						return d.Errf("dynamic_config: authz smart-on-fhir: %v", err)
-					}
-					cfg := mod.(*SmartAuthz).Config
-					if err := checkSMARTPolicy(cfg); err != nil {
-						return d.Errf("dynamic_config: authz smart-on-fhir: %v", err)
-					}
-					h.Dynamic.SMART = &cfg
-				default:
-					return d.Errf("unrecognized dynamic_config option '%s' (known: allow_hosts, allow_ehr_hosts, allow_pacs_hosts, credentials, allow_url_credentials, authz, allow_mock, max_configs)", d.Val())
-				}
+			h.Dynamic = &DynamicConfig{}
+			if err := h.Dynamic.subdirectives().parseBlock(d, "dynamic_config"); err != nil {
+				return err
 			}
 			if len(h.Dynamic.AllowHosts)+len(h.Dynamic.AllowEHRHosts)+len(h.Dynamic.AllowPACSHosts) == 0 {
 				return d.Err("dynamic_config needs allow_hosts (or allow_ehr_hosts and allow_pacs_hosts): the EHR and PACS hosts dynamic configs may use")
 			}
-		default:
-			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, base_url, route_id, cors, max_render_size, delay, dynamic_config)", d.Val())
-		}
+			return nil
+		}},
 	}
-	return nil
+}
+
+// subdirectives is the table of the dynamic_config block's options.
+func (c *DynamicConfig) subdirectives() subdirectives {
+	return subdirectives{
+		{"allow_hosts", someArgs(&c.AllowHosts)},
+		{"allow_ehr_hosts", someArgs(&c.AllowEHRHosts)},
+		{"allow_pacs_hosts", someArgs(&c.AllowPACSHosts)},
+		{"credentials", func(d *caddyfile.Dispenser) error {
+			cred, err := parseDynamicCredential(d)
+			if err != nil {
+				return err
+			}
+			c.Credentials = append(c.Credentials, cred)
+			return nil
+		}},
+		{"allow_url_credentials", flag(&c.AllowURLCredentials)},
+		{"authz", func(d *caddyfile.Dispenser) error {
+			if c.SMART != nil {
+				return d.Err("dynamic_config: authz is already set")
+			}
+			if !d.NextArg() || d.Val() != "smart-on-fhir" {
+				return d.Err("dynamic_config: authz smart-on-fhir { … } sets the policy of smart-on-fhir tenants")
+			}
+			// The module's own errors name their line; they pass through.
+			mod, err := caddyfile.UnmarshalModule(d, "http.handlers.smart_imaging.authz.smart-on-fhir")
+			if err != nil {
+				return err
+			}
+			cfg := mod.(*SmartAuthz).Config
+			if err := checkSMARTPolicy(cfg); err != nil {
+				return d.Errf("dynamic_config: authz smart-on-fhir: %v", err)
+			}
+			c.SMART = &cfg
+			return nil
+		}},
+		{"allow_mock", flag(&c.AllowMock)},
+		{"max_configs", func(d *caddyfile.Dispenser) error {
+			var s string
+			if err := oneArg(&s)(d); err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 {
+				return d.Errf("max_configs: want a positive integer, got %q", s)
+			}
+			c.MaxConfigs = n
+			return nil
+		}},
+	}
+}
+
+// guestModule reads "<option> <kind> [args] { … }" into *raw: the guest
+// module of namespace named kind, which parses its own block. Its errors
+// name their own line and pass through unwrapped.
+func guestModule(raw *json.RawMessage, option, kinds, namespace string) func(d *caddyfile.Dispenser) error {
+	return func(d *caddyfile.Dispenser) error {
+		if *raw != nil {
+			return d.Errf("%s is already set for this route", option)
+		}
+		if !d.NextArg() {
+			return d.Errf("%s needs a kind: %s", option, kinds)
+		}
+		kind := d.Val()
+		if err := knownKind(d, namespace, kind); err != nil {
+			return err
+		}
+		mod, err := caddyfile.UnmarshalModule(d, namespace+"."+kind)
+		if err != nil {
+			return err
+		}
+		var warnings []caddyconfig.Warning
+		*raw = caddyconfig.JSONModuleObject(mod, "kind", kind, &warnings)
+		return nil
+	}
 }
 
 // parseDynamicCredential reads the arguments of a dynamic_config

@@ -46,32 +46,35 @@ func unmarshalDelay(d *caddyfile.Dispenser) (*delay.Config, error) {
 		return nil, d.ArgErr()
 	}
 	c := &delay.Config{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		var dst *string
-		switch d.Val() {
-		case "lookup_until":
-			dst = &c.LookupUntil
-		case "retrieve_until":
-			dst = &c.RetrieveUntil
-		default:
-			return nil, d.Errf("unrecognized delay option '%s' (known: lookup_until, retrieve_until)", d.Val())
-		}
-		opt := d.Val()
-		if !d.NextArg() {
-			return nil, d.ArgErr()
-		}
-		*dst = d.Val()
-		if d.NextArg() {
-			return nil, d.ArgErr()
-		}
-		if _, err := delay.ParseUntil(*dst, time.Now()); err != nil {
-			return nil, d.Errf("delay %s: %v", opt, err)
-		}
+	if err := delaySubdirectives(c).parseBlock(d, "delay"); err != nil {
+		return nil, err
 	}
 	if c.LookupUntil == "" && c.RetrieveUntil == "" {
 		return nil, d.Err("delay needs lookup_until or retrieve_until")
 	}
 	return c, nil
+}
+
+// delaySubdirectives is the table of the delay block's options.
+func delaySubdirectives(c *delay.Config) subdirectives {
+	return subdirectives{
+		{"lookup_until", until(&c.LookupUntil)},
+		{"retrieve_until", until(&c.RetrieveUntil)},
+	}
+}
+
+// until reads an instant or a duration after start into dst.
+func until(dst *string) func(d *caddyfile.Dispenser) error {
+	return func(d *caddyfile.Dispenser) error {
+		opt := d.Val()
+		if err := oneArg(dst)(d); err != nil {
+			return err
+		}
+		if _, err := delay.ParseUntil(*dst, time.Now()); err != nil {
+			return d.Errf("delay %s: %v", opt, err)
+		}
+		return nil
+	}
 }
 
 // provisionDelay builds the route's gate; durations count from now.

@@ -153,6 +153,15 @@ type unrestricter interface{ Unrestricted() bool }
 // absolute patient references can be matched.
 type fhirBaser interface{ EHRBaseURL() string }
 
+// routeBinder is implemented by authorizers that finish provisioning once
+// they know their route's public FHIR base (base_url + "/fhir", or "" when
+// the route derives it from each request). The handler calls bindRoute
+// right after loading the module: the route's settings are passed, never
+// looked up among the loaded modules.
+type routeBinder interface {
+	bindRoute(routeFHIRBase string) error
+}
+
 // urlRestricter is implemented by authorizers that call URLs an upstream
 // names (the EHR's discovery document), so that a /dyn route can hold them
 // to its allow-list.
@@ -175,6 +184,21 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.cors = newCORSPolicy(h.CORS)
 
+	routeFHIRBase := ""
+	if h.BaseURL != "" {
+		repl := caddy.NewReplacer()
+		raw, err := repl.ReplaceOrErr(h.BaseURL, true, true)
+		if err != nil {
+			return fmt.Errorf("base_url: %w", err)
+		}
+		u, err := url.Parse(strings.TrimRight(raw, "/"))
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			return fmt.Errorf("base_url %q: want an absolute http(s) URL such as https://imaging.example.org/ehr", raw)
+		}
+		h.baseURL = u
+		routeFHIRBase = strings.TrimRight(raw, "/") + "/fhir"
+	}
+
 	if h.AuthzRaw == nil {
 		return errors.New("authz: missing; add an 'authz mock { … }' or 'authz smart-on-fhir { … }' block")
 	}
@@ -185,6 +209,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	az, ok := mod.(AuthzModule)
 	if !ok {
 		return fmt.Errorf("authz module %T does not implement authz.Authorizer", mod)
+	}
+	if b, ok := az.(routeBinder); ok {
+		if err := b.bindRoute(routeFHIRBase); err != nil {
+			return err
+		}
 	}
 	h.authorizer = az
 
@@ -225,18 +254,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return err
 		}
-	}
-	if h.BaseURL != "" {
-		repl := caddy.NewReplacer()
-		raw, err := repl.ReplaceOrErr(h.BaseURL, true, true)
-		if err != nil {
-			return fmt.Errorf("base_url: %w", err)
-		}
-		u, err := url.Parse(strings.TrimRight(raw, "/"))
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-			return fmt.Errorf("base_url %q: want an absolute http(s) URL such as https://imaging.example.org/ehr", raw)
-		}
-		h.baseURL = u
 	}
 	return nil
 }

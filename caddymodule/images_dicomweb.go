@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -204,6 +203,29 @@ var rejectedProxyOptions = map[string]bool{
 	"copy_response": true, "copy_response_headers": true,
 }
 
+// subdirectives is the table of the block's own options; every other
+// option goes to the reverse proxy.
+func (m *DICOMwebImages) subdirectives() subdirectives {
+	return subdirectives{
+		{"lookup", lookupArg(&m.Lookup)},
+		{"basic_auth", func(d *caddyfile.Dispenser) error {
+			if !d.AllArgs(&m.Username, &m.Password) {
+				return d.Err("basic_auth needs a user name and a password")
+			}
+			return nil
+		}},
+		{"bearer", func(d *caddyfile.Dispenser) error {
+			if !d.AllArgs(&m.Bearer) {
+				return d.Err("bearer needs one token")
+			}
+			return nil
+		}},
+		{"qido_timeout", positiveDuration(&m.QIDOTimeout)},
+		{"max_concurrent_qido", positiveInt(&m.MaxConcurrentQIDO)},
+		{"pacs_url", someArgs(&m.PACSURLs)},
+	}
+}
+
 // UnmarshalCaddyfile reads:
 //
 //	images dicomweb <base url> {
@@ -230,69 +252,28 @@ func (m *DICOMwebImages) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if rp.NextArg() {
 		return rp.ArgErr()
 	}
+	own := m.subdirectives()
 	for rp.NextBlock(0) {
 		if rp.Nesting() != 1 {
 			continue
 		}
-		switch opt := rp.Val(); opt {
-		case "lookup":
-			lk, err := parseLookupArg(rp)
-			if err != nil {
+		opt := rp.Val()
+		if parse := own.find(opt); parse != nil {
+			// Ours: read it, then delete its tokens (its name and
+			// arguments) from the reverse proxy's copy.
+			n := 1 + rp.CountRemainingArgs()
+			if err := parse(rp); err != nil {
 				return err
 			}
-			m.Lookup = lk
-			rp.DeleteN(2)
-		case "basic_auth":
-			args := rp.RemainingArgs()
-			if len(args) != 2 {
-				return rp.Err("basic_auth needs a user name and a password")
-			}
-			m.Username, m.Password = args[0], args[1]
-			rp.DeleteN(3)
-		case "bearer":
-			args := rp.RemainingArgs()
-			if len(args) != 1 {
-				return rp.Err("bearer needs one token")
-			}
-			m.Bearer = args[0]
-			rp.DeleteN(2)
-		case "qido_timeout":
-			args := rp.RemainingArgs()
-			if len(args) != 1 {
-				return rp.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(args[0])
-			if err != nil || dur <= 0 {
-				return rp.Errf("qido_timeout: %q is not a positive duration", args[0])
-			}
-			m.QIDOTimeout = caddy.Duration(dur)
-			rp.DeleteN(2)
-		case "max_concurrent_qido":
-			args := rp.RemainingArgs()
-			if len(args) != 1 {
-				return rp.ArgErr()
-			}
-			n, err := strconv.Atoi(args[0])
-			if err != nil || n < 1 {
-				return rp.Errf("max_concurrent_qido: %q is not a positive number", args[0])
-			}
-			m.MaxConcurrentQIDO = n
-			rp.DeleteN(2)
-		case "pacs_url":
-			args := rp.RemainingArgs()
-			if len(args) == 0 {
-				return rp.ArgErr()
-			}
-			m.PACSURLs = append(m.PACSURLs, args...)
-			rp.DeleteN(len(args) + 1)
-		default:
-			if rejectedProxyOptions[opt] || len(opt) > 0 && opt[0] == '@' {
-				return rp.Errf("images dicomweb: reverse_proxy option '%s' is not supported here: the gateway builds the upstream request and reads the answer itself", opt)
-			}
-			// A reverse_proxy option: skip its arguments and block.
-			rp.RemainingArgs()
-			for nesting := rp.Nesting(); rp.NextBlock(nesting); {
-			}
+			rp.DeleteN(n)
+			continue
+		}
+		if rejectedProxyOptions[opt] || len(opt) > 0 && opt[0] == '@' {
+			return rp.Errf("images dicomweb: reverse_proxy option '%s' is not supported here: the gateway builds the upstream request and reads the answer itself", opt)
+		}
+		// A reverse_proxy option: skip its arguments and block.
+		rp.RemainingArgs()
+		for nesting := rp.Nesting(); rp.NextBlock(nesting); {
 		}
 	}
 	rp.Reset()

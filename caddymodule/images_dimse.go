@@ -158,72 +158,40 @@ func (m *DIMSEImages) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	one := func() (string, error) {
-		if !d.NextArg() {
-			return "", d.ArgErr()
-		}
-		v := d.Val()
-		if d.NextArg() {
-			return "", d.ArgErr()
-		}
-		return v, nil
-	}
-	for d.NextBlock(0) {
-		opt := d.Val()
-		switch opt {
-		case "lookup":
-			lk, err := parseLookupArg(d)
-			if err != nil {
-				return err
-			}
-			m.Lookup = lk
-			continue
-		case "called_ae", "calling_ae", "retrieve", "move_destination", "listen", "cache_dir", "cache_size", "cache_ttl", "timeout":
-		default:
-			return d.Errf("unrecognized images dimse option '%s' (known: called_ae, calling_ae, retrieve, move_destination, listen, cache_dir, cache_size, cache_ttl, timeout, lookup)", opt)
-		}
-		v, err := one()
-		if err != nil {
-			return err
-		}
-		switch opt {
-		case "called_ae":
-			m.CalledAE = v
-		case "calling_ae":
-			m.CallingAE = v
-		case "retrieve":
-			if v != dimse.CGet && v != dimse.CMove {
-				return d.Errf("retrieve: %q: use c-get or c-move", v)
-			}
-			m.RetrieveMethod = v
-		case "move_destination":
-			m.MoveDestination = v
-		case "listen":
-			m.Listen = v
-		case "cache_dir":
-			m.CacheDir = v
-		case "cache_size":
-			n, err := humanize.ParseBytes(v)
-			if err != nil || n == 0 || n > 1<<62 {
-				return d.Errf("cache_size: %q is not a size such as 20GiB", v)
-			}
-			m.CacheSize = int64(n)
-		case "cache_ttl", "timeout":
-			dur, err := caddy.ParseDuration(v)
-			if err != nil || dur <= 0 {
-				return d.Errf("%s: %q is not a positive duration", opt, v)
-			}
-			if opt == "cache_ttl" {
-				m.CacheTTL = caddy.Duration(dur)
-			} else {
-				m.Timeout = caddy.Duration(dur)
-			}
-		}
+	if err := m.subdirectives().parseBlock(d, "images dimse"); err != nil {
+		return err
 	}
 	if m.CalledAE == "" || m.CallingAE == "" {
 		return d.Err("images dimse needs called_ae (the PACS's AE title) and calling_ae (the gateway's)")
 	}
 	return nil
+}
+
+// subdirectives is the table of the block's options.
+func (m *DIMSEImages) subdirectives() subdirectives {
+	return subdirectives{
+		{"called_ae", oneArg(&m.CalledAE)},
+		{"calling_ae", oneArg(&m.CallingAE)},
+		{"retrieve", oneOf(&m.RetrieveMethod, dimse.CGet, dimse.CMove)},
+		{"move_destination", oneArg(&m.MoveDestination)},
+		{"listen", oneArg(&m.Listen)},
+		{"cache_dir", oneArg(&m.CacheDir)},
+		{"cache_size", func(d *caddyfile.Dispenser) error {
+			var v string
+			if err := oneArg(&v)(d); err != nil {
+				return err
+			}
+			n, err := humanize.ParseBytes(v)
+			if err != nil || n == 0 || n > 1<<62 {
+				return d.Errf("cache_size: %q is not a size such as 20GiB", v)
+			}
+			m.CacheSize = int64(n)
+			return nil
+		}},
+		{"cache_ttl", positiveDuration(&m.CacheTTL)},
+		{"timeout", positiveDuration(&m.Timeout)},
+		{"lookup", lookupArg(&m.Lookup)},
+	}
 }
 
 // Interface guards.

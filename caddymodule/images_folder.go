@@ -82,34 +82,32 @@ func (f *FolderImages) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	for d.NextBlock(0) {
-		switch d.Val() {
-		case "lookup":
-			lk, err := parseLookupArg(d)
-			if err != nil {
-				return err
-			}
-			f.Lookup = lk
-		default:
-			return d.Errf("unrecognized images folder option '%s' (known: lookup)", d.Val())
-		}
-	}
-	return nil
+	return f.subdirectives().parseBlock(d, "images folder")
 }
 
-// parseLookupArg reads the argument of a lookup subdirective.
-func parseLookupArg(d *caddyfile.Dispenser) (imagesource.Lookup, error) {
-	if !d.NextArg() {
-		return "", d.ArgErr()
+// subdirectives is the table of the block's options.
+func (f *FolderImages) subdirectives() subdirectives {
+	return subdirectives{
+		{"lookup", lookupArg(&f.Lookup)},
 	}
-	lk, err := imagesource.ParseLookup(d.Val())
-	if err != nil {
-		return "", d.Errf("lookup: %v", err)
+}
+
+// lookupArg reads the argument of a lookup subdirective into dst.
+func lookupArg(dst *imagesource.Lookup) func(d *caddyfile.Dispenser) error {
+	return func(d *caddyfile.Dispenser) error {
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		lk, err := imagesource.ParseLookup(d.Val())
+		if err != nil {
+			return d.Errf("lookup: %v", err)
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		*dst = lk
+		return nil
 	}
-	if d.NextArg() {
-		return "", d.ArgErr()
-	}
-	return lk, nil
 }
 
 // Interface guards.

@@ -17,6 +17,10 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwk"
 )
 
+// ErrNoAudience is New's error for jwt validation with no audience to
+// compare tokens with.
+var ErrNoAudience = errors.New("jwt validation needs an audience (the route's FHIR base URL by default)")
+
 // Validation modes.
 const (
 	// ValidationIntrospection asks the EHR's RFC 7662 endpoint about every
@@ -240,7 +244,7 @@ func (c Config) settings() (*settings, error) {
 			ValidationIntrospection, ValidationJWT, ValidationAuto, c.Validation)
 	}
 	if s.validation == ValidationJWT && len(s.audience) == 0 {
-		return nil, errors.New("jwt validation needs an audience (the route's FHIR base URL by default)")
+		return nil, ErrNoAudience
 	}
 
 	switch c.PatientClaim {
