@@ -127,13 +127,6 @@ func (m *MockAuthz) parsePatient(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// Interface guards.
-var (
-	_ AuthzModule           = (*MockAuthz)(nil)
-	_ caddy.Provisioner     = (*MockAuthz)(nil)
-	_ caddyfile.Unmarshaler = (*MockAuthz)(nil)
-)
-
 // Interface guards
 var (
 	_ caddy.Module          = (*MockAuthz)(nil)

@@ -203,14 +203,6 @@ func (m *SmartAuthz) subdirectives() subdirectives {
 	}
 }
 
-// Interface guards.
-var (
-	_ AuthzModule           = (*SmartAuthz)(nil)
-	_ caddy.Provisioner     = (*SmartAuthz)(nil)
-	_ caddyfile.Unmarshaler = (*SmartAuthz)(nil)
-	_ fhirBaser             = (*SmartAuthz)(nil)
-)
-
 // SMARTConfiguration is the route's own smart-configuration document.
 func (m *SmartAuthz) SMARTConfiguration(ctx context.Context) (map[string]any, error) {
 	return m.impl.SMARTConfiguration(ctx)

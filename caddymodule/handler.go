@@ -435,14 +435,6 @@ func (h *Handler) route(r *http.Request) string {
 	return "/"
 }
 
-// Interface guards.
-var (
-	_ caddy.Provisioner           = (*Handler)(nil)
-	_ caddy.Validator             = (*Handler)(nil)
-	_ caddy.CleanerUpper          = (*Handler)(nil)
-	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
-)
-
 // authorize runs the authorizer and records the caller for the audit line
 // and the access log. The authorizer learns the route's public FHIR base
 // (base_url, else derived from the request) through the request's

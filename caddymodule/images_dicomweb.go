@@ -285,14 +285,6 @@ func (m *DICOMwebImages) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// Interface guards.
-var (
-	_ ImagesModule          = (*DICOMwebImages)(nil)
-	_ caddy.Provisioner     = (*DICOMwebImages)(nil)
-	_ caddy.CleanerUpper    = (*DICOMwebImages)(nil)
-	_ caddyfile.Unmarshaler = (*DICOMwebImages)(nil)
-)
-
 // Check runs one QIDO-RS query against the PACS (readiness).
 func (m *DICOMwebImages) Check(ctx context.Context) error { return m.src.Check(ctx) }
 

@@ -110,13 +110,6 @@ func lookupArg(dst *imagesource.Lookup) func(d *caddyfile.Dispenser) error {
 	}
 }
 
-// Interface guards.
-var (
-	_ ImagesModule          = (*FolderImages)(nil)
-	_ caddy.Provisioner     = (*FolderImages)(nil)
-	_ caddyfile.Unmarshaler = (*FolderImages)(nil)
-)
-
 // Interface guards
 var (
 	_ caddy.Module          = (*FolderImages)(nil)
