@@ -48,6 +48,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		route_id <name>
 //		cors <origin>...|*
 //		max_render_size <pixels>
+//		metadata_cache {
+//			size <bytes>
+//			ttl <duration>
+//		}
 //		delay {
 //			lookup_until <RFC 3339 instant | duration after start>
 //			retrieve_until <RFC 3339 instant | duration after start>
@@ -64,6 +68,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			authz smart-on-fhir { <any option but fhir_base_url, client_id and keys> }
 //			allow_mock
 //			max_configs <n>
+//			metadata_cache { size <bytes>  ttl <duration> }
 //		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -163,6 +168,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+		case "metadata_cache":
+			if h.MetadataCache != nil {
+				return d.Err("metadata_cache is already set for this route")
+			}
+			c, err := unmarshalMetadataCache(d)
+			if err != nil {
+				return err
+			}
+			h.MetadataCache = c
 		case "delay":
 			if h.Delay != nil {
 				return d.Err("delay is already set for this route")
@@ -232,15 +246,24 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 						return d.Errf("dynamic_config: authz smart-on-fhir: %v", err)
 					}
 					h.Dynamic.SMART = &cfg
+				case "metadata_cache":
+					if h.Dynamic.MetadataCache != nil {
+						return d.Err("dynamic_config: metadata_cache is already set")
+					}
+					c, err := unmarshalMetadataCache(d)
+					if err != nil {
+						return err
+					}
+					h.Dynamic.MetadataCache = c
 				default:
-					return d.Errf("unrecognized dynamic_config option '%s' (known: allow_hosts, allow_ehr_hosts, allow_pacs_hosts, credentials, allow_url_credentials, authz, allow_mock, max_configs)", d.Val())
+					return d.Errf("unrecognized dynamic_config option '%s' (known: allow_hosts, allow_ehr_hosts, allow_pacs_hosts, credentials, allow_url_credentials, authz, allow_mock, max_configs, metadata_cache)", d.Val())
 				}
 			}
 			if len(h.Dynamic.AllowHosts)+len(h.Dynamic.AllowEHRHosts)+len(h.Dynamic.AllowPACSHosts) == 0 {
 				return d.Err("dynamic_config needs allow_hosts (or allow_ehr_hosts and allow_pacs_hosts): the EHR and PACS hosts dynamic configs may use")
 			}
 		default:
-			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, base_url, route_id, cors, max_render_size, delay, dynamic_config)", d.Val())
+			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, base_url, route_id, cors, max_render_size, metadata_cache, delay, dynamic_config)", d.Val())
 		}
 	}
 	return nil
