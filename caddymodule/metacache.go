@@ -112,6 +112,16 @@ func (m *DICOMwebImages) StudyVersion(ctx context.Context, studyUID string) (str
 	return m.src.StudyVersion(ctx, studyUID)
 }
 
+// StudyVersion answers from the folder's index (metacache.Versioner).
+func (f *FolderImages) StudyVersion(ctx context.Context, studyUID string) (string, error) {
+	return f.src.StudyVersion(ctx, studyUID)
+}
+
+// StudyVersion asks the PACS with one study C-FIND (metacache.Versioner).
+func (m *DIMSEImages) StudyVersion(ctx context.Context, studyUID string) (string, error) {
+	return m.src.StudyVersion(ctx, studyUID)
+}
+
 // cacheRegistry holds the provisioned caches for the metrics collector.
 type cacheRegistry struct {
 	mu     sync.Mutex
@@ -178,5 +188,7 @@ func (r *cacheRegistry) Collect(ch chan<- prometheus.Metric) {
 var (
 	_ prometheus.Collector = (*cacheRegistry)(nil)
 	_ metacache.Versioner  = (*DICOMwebImages)(nil)
+	_ metacache.Versioner  = (*FolderImages)(nil)
+	_ metacache.Versioner  = (*DIMSEImages)(nil)
 	_ imagesource.Source   = (*metacache.Source)(nil)
 )
