@@ -28,8 +28,8 @@
 // metadata entry is revalidated with the source's StudyVersion (one cheap
 // QIDO study query, a folder index lookup) when the source has it: the
 // same version is served and counted as a revalidation, another one is
-// fetched again. Every entry is dropped MaxAgeFactor×TTL after it was
-// fetched, whether used or not, so memory returns and nothing lives on
+// fetched again. Every entry is dropped MaxAgeFactor×TTL (at least
+// MinMaxAge) after it was fetched, whether used or not, so memory returns and nothing lives on
 // revalidations alone. Search answers are never revalidated: past TTL they
 // are fetched again.
 //
@@ -69,6 +69,8 @@ const (
 	// MaxAgeFactor×TTL is how long an entry lives after it was fetched,
 	// revalidations included.
 	MaxAgeFactor = 10
+	// MinMaxAge is the least time an entry lives, for very short TTLs.
+	MinMaxAge = time.Minute
 	// entryOverhead is what an entry costs besides its bytes (maps, list
 	// element, strings' headers), counted against Size.
 	entryOverhead = 512
@@ -224,7 +226,7 @@ func (s *Source) Check(ctx context.Context) error {
 }
 
 // maxAge is how long an entry lives after it was fetched.
-func (s *Source) maxAge() time.Duration { return MaxAgeFactor * s.cfg.TTL }
+func (s *Source) maxAge() time.Duration { return max(MaxAgeFactor*s.cfg.TTL, MinMaxAge) }
 
 // sweep drops expired entries every TTL (at least every second, at most
 // every minute) until Close.
@@ -533,14 +535,13 @@ func send(w http.ResponseWriter, r *http.Request, base string, e *entry, conditi
 		w.WriteHeader(http.StatusNotModified)
 		return nil
 	}
-	out := e.render(base)
 	h.Set("Content-Type", e.contentType)
-	h.Set("Content-Length", strconv.Itoa(len(out)))
+	h.Set("Content-Length", strconv.Itoa(e.renderedLen(base)))
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	if _, err := w.Write(out); err != nil {
+	if err := e.writeTo(w, base); err != nil {
 		return fmt.Errorf("metacache: sending metadata: %w", err)
 	}
 	return nil
@@ -598,16 +599,55 @@ type element struct {
 	Value []string `json:"Value"`
 }
 
-// render puts base where the placeholder is.
-func (e *entry) render(base string) []byte {
-	out := make([]byte, 0, len(e.body)+len(e.holes)*(len(base)-e.phLen))
-	at := 0
+// renderedLen is the length of e rendered under base.
+func (e *entry) renderedLen(base string) int {
+	return len(e.body) + len(e.holes)*(len(base)-e.phLen)
+}
+
+// chunkPool holds the buffers writeTo gathers an answer in.
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+// writeTo sends e rendered under base in chunks of at most 64 KiB, without
+// building the whole answer.
+func (e *entry) writeTo(w http.ResponseWriter, base string) error {
+	bp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bp)
+	buf := (*bp)[:0]
+	flush := func() error {
+		if len(buf) == 0 {
+			return nil
+		}
+		_, err := w.Write(buf)
+		buf = buf[:0]
+		return err
+	}
+	add := func(p []byte) error {
+		for len(p) > 0 {
+			n := min(len(p), cap(buf)-len(buf))
+			buf = append(buf, p[:n]...)
+			p = p[n:]
+			if len(buf) == cap(buf) {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	at, baseBytes := 0, []byte(base)
 	for _, h := range e.holes {
-		out = append(out, e.body[at:h]...)
-		out = append(out, base...)
+		if err := add(e.body[at:h]); err != nil {
+			return err
+		}
+		if err := add(baseBytes); err != nil {
+			return err
+		}
 		at = h + e.phLen
 	}
-	return append(out, e.body[at:]...)
+	if err := add(e.body[at:]); err != nil {
+		return err
+	}
+	return flush()
 }
 
 // entityTag is the ETag of e served under base.

@@ -266,7 +266,7 @@ func TestEntriesExpireAndMemoryReturns(t *testing.T) {
 	if st := s.Stats(); st.Entries != 21 || st.Bytes == 0 {
 		t.Fatalf("stats %+v", st)
 	}
-	clk.advance(MaxAgeFactor * time.Second)
+	clk.advance(s.maxAge())
 	s.dropExpired()
 	if st := s.Stats(); st.Entries != 0 || st.Bytes != 0 {
 		t.Fatalf("after expiry: %+v", st)
