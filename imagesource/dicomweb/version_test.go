@@ -3,6 +3,7 @@ package dicomweb
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -90,3 +91,47 @@ func TestOrthancStudyVersionAndCachedMetadata(t *testing.T) {
 	}
 }
 
+// TestFrameValidatorsPassThrough: a frame answer carries the PACS's ETag
+// and Last-Modified, and a conditional request the PACS answers 304 is a
+// 304 for the client (no body), so a browser's revalidation costs no
+// pixel bytes.
+func TestFrameValidatorsPassThrough(t *testing.T) {
+	const etag = `"frame-v1"`
+	s, up, _ := retrieveSetup(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("ETag", etag)
+		w.Header().Set("Last-Modified", "Wed, 02 Dec 2026 10:00:00 GMT")
+		if r.Header.Get("If-None-Match") == etag {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		w.Header().Set("Content-Type", `multipart/related; type="application/octet-stream"; boundary=b`)
+		_, _ = w.Write([]byte("--b\r\nContent-Type: application/octet-stream\r\n\r\nPIXELS\r\n--b--\r\n"))
+	}, nil)
+	gw := gateway(t, s)
+	path := gw.URL + "/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/frames/1"
+	do := func(inm string) (*http.Response, []byte) {
+		req, _ := http.NewRequest(http.MethodGet, path, nil)
+		req.Header.Set("Accept", `multipart/related; type="application/octet-stream"`)
+		if inm != "" {
+			req.Header.Set("If-None-Match", inm)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, b
+	}
+	resp, body := do("")
+	if resp.StatusCode != 200 || resp.Header.Get("ETag") != etag || resp.Header.Get("Last-Modified") == "" || !bytes.Contains(body, []byte("PIXELS")) {
+		t.Fatalf("frame: %d, ETag %q, Last-Modified %q, %q", resp.StatusCode, resp.Header.Get("ETag"), resp.Header.Get("Last-Modified"), body)
+	}
+	resp, body = do(etag)
+	if resp.StatusCode != http.StatusNotModified || len(body) != 0 || resp.Header.Get("ETag") != etag {
+		t.Fatalf("conditional frame: %d with %d bytes, ETag %q", resp.StatusCode, len(body), resp.Header.Get("ETag"))
+	}
+	if got := up.last(t).Header.Get("If-None-Match"); got != etag {
+		t.Fatalf("the PACS got If-None-Match %q", got)
+	}
+}
