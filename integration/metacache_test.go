@@ -43,6 +43,16 @@ func TestMetadataCacheAgainstOrthanc(t *testing.T) {
 	upload(spec)
 
 	key := base64.StdEncoding.EncodeToString(testKey)
+	pacsHost := strings.TrimPrefix(pacs.URL(), "http://")
+	dynBlock := func(cache string) string {
+		return fmt.Sprintf(`dynamic_config {
+				allow_pacs_hosts %s
+				allow_ehr_hosts ehr.invalid
+				allow_mock
+				credentials %s basic %s %s
+				%s
+			}`, pacsHost, pacsHost, pacs.Username(), pacs.Password(), cache)
+	}
 	route := func(path, patient, mrn, cache string) string {
 		return fmt.Sprintf(`
 	handle_path /%s/* {
@@ -67,6 +77,8 @@ func TestMetadataCacheAgainstOrthanc(t *testing.T) {
 		route("long", "p-a", "MCACHE-A", "metadata_cache {\n size 16MiB\n ttl 1h\n }")+
 		route("short", "p-a", "MCACHE-A", "metadata_cache {\n ttl 1s\n }")+
 		route("other", "p-b", "MCACHE-B", "metadata_cache")+
+		route("dyncache", "p-b", "MCACHE-B", dynBlock("metadata_cache"))+
+		route("dynnone", "p-b", "MCACHE-B", "metadata_cache\n"+dynBlock(""))+
 		"\n}\n", "caddyfile")
 
 	fetch := func(url string, hdr ...string) (*http.Response, []byte) {
@@ -104,6 +116,19 @@ func TestMetadataCacheAgainstOrthanc(t *testing.T) {
 		t.Fatalf("metadata: %d, %.200s", resp1.StatusCode, body1)
 	}
 	etag := resp1.Header.Get("ETag")
+
+	// A tenant of each /dyn parent fetches the metadata once (PACS up).
+	seg := dynSegment(jsonObj{"authz": jsonObj{"kind": "mock", "patient": "p-a", "mrn": []string{"MCACHE-A"}},
+		"images": jsonObj{"kind": "dicomweb", "base_url": pacs.DICOMwebURL()}})
+	dynAddr := map[string]string{}
+	for _, parent := range []string{"dyncache", "dynnone"} {
+		a := search(t, tc, base+"/"+parent+"/dyn/"+seg+"/fhir/ImagingStudy?patient=p-a").endpoints[uid]
+		if resp, body := fetch(a + "/studies/" + uid + "/metadata"); resp.StatusCode != 200 || instances(body) != 4 {
+			t.Fatalf("/%s tenant: %d %.200s", parent, resp.StatusCode, body)
+		}
+		dynAddr[parent] = a
+	}
+	dynCached := map[string]bool{}
 	if etag == "" || resp1.Header.Get("Cache-Control") != "private, no-cache" {
 		t.Fatalf("validators: ETag %q, Cache-Control %q", etag, resp1.Header.Get("Cache-Control"))
 	}
@@ -111,6 +136,18 @@ func TestMetadataCacheAgainstOrthanc(t *testing.T) {
 	// The PACS hangs: what the viewer repeats still comes, from the cache.
 	if err := pacs.Suspend(); err != nil {
 		t.Fatal(err)
+	}
+	// The uncached tenant waits on the hung PACS: a client that gives up
+	// after 3 s tells the two apart.
+	probe := &http.Client{Timeout: 3 * time.Second}
+	for parent, a := range dynAddr {
+		req, _ := http.NewRequest(http.MethodGet, a+"/studies/"+uid+"/metadata", nil)
+		req.Header.Set("Accept", "application/dicom+json")
+		if resp, err := probe.Do(req); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			dynCached[parent] = resp.StatusCode == 200
+		}
 	}
 	resumed := false
 	resume := func() {
@@ -138,6 +175,11 @@ func TestMetadataCacheAgainstOrthanc(t *testing.T) {
 	}
 	if again := search(t, tc, base+"/long/fhir/ImagingStudy?patient=p-a"); again.endpoints[uid] == "" {
 		t.Fatal("the repeated search was not answered while the PACS hangs")
+	}
+	// /dyn tenants: a cache of their own only when the operator's
+	// dynamic_config block says so (not from the parent route's).
+	if !dynCached["dyncache"] || dynCached["dynnone"] {
+		t.Fatalf("tenants served while the PACS hangs: %v; want only the one under dynamic_config { metadata_cache }", dynCached)
 	}
 	// Another route (another patient) has its own cache and its own checks:
 	// the first route's study token does not open anything there.
