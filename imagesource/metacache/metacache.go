@@ -393,29 +393,35 @@ func (s *Source) FindStudies(ctx context.Context, q imagesource.Query) ([]images
 	return studies, nil
 }
 
-// searchKey is everything a query holds, order-independent.
+// searchKey is everything a query holds (every field, so that a field
+// added later, such as a scope restriction, partitions the cache too), the
+// lists order-independent.
 func searchKey(q imagesource.Query) string {
-	ids := make([]string, len(q.PatientIDs))
-	for i, k := range q.PatientIDs {
-		ids[i] = string(k)
+	q.PatientIDs = slices.Clone(q.PatientIDs)
+	slices.Sort(q.PatientIDs)
+	q.StudyUIDs = slices.Clone(q.StudyUIDs)
+	slices.Sort(q.StudyUIDs)
+	b, err := json.Marshal(q)
+	if err != nil {
+		panic(fmt.Sprintf("metacache: a query that does not encode: %v", err)) // plain data: cannot happen
 	}
-	slices.Sort(ids)
-	uids := slices.Clone(q.StudyUIDs)
-	slices.Sort(uids)
-	var b strings.Builder
-	b.WriteString("search\x00")
-	if q.All {
-		b.WriteString("all")
+	return "search\x00" + string(b)
+}
+
+// metadataKey is the WADO-RS path and everything else the request's
+// Retrieval holds but its public base (which the cache fills in when
+// serving): a request with other PACS keys or another restriction (a
+// field added later) has entries of its own.
+func metadataKey(req imagesource.Retrieval) string {
+	path := req.Path.String()
+	req.PublicBase = ""
+	req.PatientIDs = slices.Clone(req.PatientIDs)
+	slices.Sort(req.PatientIDs)
+	b, err := json.Marshal(req)
+	if err != nil {
+		panic(fmt.Sprintf("metacache: a retrieval that does not encode: %v", err)) // plain data: cannot happen
 	}
-	for _, id := range ids {
-		b.WriteString("\x00p")
-		b.WriteString(id)
-	}
-	for _, u := range uids {
-		b.WriteString("\x00s")
-		b.WriteString(u)
-	}
-	return b.String()
+	return "metadata\x00" + path + "\x00" + string(b)
 }
 
 // Retrieve answers WADO-RS metadata requests from the cache when it can
@@ -430,7 +436,7 @@ func (s *Source) Retrieve(w http.ResponseWriter, r *http.Request, req imagesourc
 	if err != nil {
 		return s.inner.Retrieve(w, r, req) // the source refuses it with its own error
 	}
-	key := "metadata\x00" + req.Path.String()
+	key := metadataKey(req)
 	for attempt := 0; ; attempt++ {
 		if e := s.get(key); e != nil {
 			served, err := s.serveEntry(w, r, req, base, e)
