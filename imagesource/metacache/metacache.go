@@ -490,7 +490,7 @@ func (s *Source) serveEntry(w http.ResponseWriter, r *http.Request, req imagesou
 		s.revalidations.Add(1)
 	}
 	s.hits.Add(1)
-	return true, send(w, r, base, e, true)
+	return true, send(w, r, base, e)
 }
 
 // fill asks the wrapped source for the answer under the placeholder base,
@@ -527,17 +527,17 @@ func (s *Source) fill(w http.ResponseWriter, r *http.Request, req imagesource.Re
 		return rec.replay(w, r, s.placeholder, base)
 	}
 	s.put(e)
-	return send(w, r, base, e, true)
+	return send(w, r, base, e)
 }
 
 // send writes e under base, with its ETag; 304 when the request's
-// If-None-Match names it and conditional is set.
-func send(w http.ResponseWriter, r *http.Request, base string, e *entry, conditional bool) error {
+// If-None-Match names it.
+func send(w http.ResponseWriter, r *http.Request, base string, e *entry) error {
 	etag := entityTag(e, base)
 	h := w.Header()
 	h.Set("ETag", etag)
 	h.Set("Cache-Control", "private, no-cache")
-	if conditional && matchesETag(r.Header.Values("If-None-Match"), etag) {
+	if matchesETag(r.Header.Values("If-None-Match"), etag) {
 		w.WriteHeader(http.StatusNotModified)
 		return nil
 	}
