@@ -1,12 +1,20 @@
 package caddymodule
 
 import (
+	"context"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
+	"github.com/smart-imaging/smart_imaging/imagesource/metacache"
+	"github.com/smart-imaging/smart_imaging/pacskey"
 )
 
 func TestCaddyfileMetadataCache(t *testing.T) {
@@ -41,4 +49,57 @@ func TestCaddyfileMetadataCache(t *testing.T) {
 			t.Errorf("%q: error %v, want one that says %q", bad, err, says)
 		}
 	}
+}
+
+func TestMetadataCacheMetrics(t *testing.T) {
+	c, err := metacache.New(stubSource{}, metacache.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{"P1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{"P1"}}); err != nil {
+		t.Fatal(err)
+	}
+	reg := &cacheRegistry{caches: map[*metacache.Source]string{}}
+	reg.add("ehr", c)
+	pr := prometheus.NewPedanticRegistry()
+	pr.MustRegister(reg)
+	families, err := pr.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			name := f.GetName()
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" {
+					name += "/" + l.GetValue()
+				}
+			}
+			got[name] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	if got["caddy_smart_imaging_metadata_cache_lookups_total/hit"] != 1 || got["caddy_smart_imaging_metadata_cache_lookups_total/miss"] != 1 ||
+		got["caddy_smart_imaging_metadata_cache_bytes"] <= 0 {
+		t.Fatalf("metrics %v", got)
+	}
+	reg.remove(c)
+	if families, _ := pr.Gather(); len(families) != 0 {
+		t.Fatalf("a released cache still reports: %v", families)
+	}
+}
+
+// stubSource finds one study for any patient key.
+type stubSource struct{}
+
+func (stubSource) FindStudies(_ context.Context, q imagesource.Query) ([]imagesource.Study, error) {
+	return []imagesource.Study{{Attributes: dicomjson.Dataset{dicomjson.TagStudyInstanceUID: {VR: "UI", Value: []any{"1.2.3"}}}}}, nil
+}
+
+func (stubSource) Retrieve(http.ResponseWriter, *http.Request, imagesource.Retrieval) error {
+	return imagesource.Errorf(http.StatusNotFound, "not-found", "nothing here")
 }
