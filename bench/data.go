@@ -21,9 +21,15 @@ const (
 	benchPatient = "bench-patient"  // FHIR Patient id at the test EHR
 	benchMRN     = "BENCH-MRN-0001" // its PACS PatientID
 	largePatient = "bench-large"
-	largeMRN     = "BENCH-MRN-LARGE"
-	mrnSystem    = "urn:oid:2.16.840.1.113883.3.9999.1"
-	benchUIDRoot = dicomgen.UIDRoot + ".9"
+	// manyPatient has one study of manyInstances small instances: the
+	// metadata cache's large-study case (Orthanc builds metadata from
+	// every instance).
+	manyPatient   = "bench-many"
+	manyMRN       = "BENCH-MRN-MANY"
+	manyInstances = 600
+	largeMRN      = "BENCH-MRN-LARGE"
+	mrnSystem     = "urn:oid:2.16.840.1.113883.3.9999.1"
+	benchUIDRoot  = dicomgen.UIDRoot + ".9"
 )
 
 // dataset names the UIDs the cases address.
@@ -40,6 +46,8 @@ type dataset struct {
 	studyInstances int
 	instances      int // instances uploaded (demo + bench)
 	uploadedBytes  int64
+
+	manyStudy string // manyPatient's study of manyInstances instances
 
 	largeStudy     string
 	largeBytes     int64 // pixel bytes of the large study
@@ -102,6 +110,11 @@ func loadDataset(ctx context.Context, pacs *orthanc.Server, dir string) (*datase
 		if in.Frames == 1 && in.Rows == 512 && ds.instUID == "" {
 			ds.instSeries, ds.instUID = in.SeriesUID, in.SOPInstanceUID
 		}
+	}
+	ds.manyStudy = benchUIDRoot + ".2.1"
+	if _, err := dicomgen.WriteStudy(filepath.Join(dir, "many"), dicomgen.StudySpec{PatientID: manyMRN, StudyUID: ds.manyStudy,
+		Series: 6, InstancesPerSeries: manyInstances / 6, Rows: 16, Cols: 16, Description: "MANY SMALL INSTANCES"}); err != nil {
+		return nil, fmt.Errorf("many-instance study: %w", err)
 	}
 	n, b, err := upload(ctx, pacs, dir, 2)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -63,7 +64,7 @@ const (
 // /plain is a bare reverse_proxy to Orthanc (no module, no authorization):
 // the cost of Caddy's proxying alone.
 func (c gatewayConfig) caddyfile() string {
-	route := func(prefix, pacs, extra string) string {
+	route := func(prefix, pacs, extra string, more ...string) string {
 		return fmt.Sprintf(`	handle_path /%[1]s/* {
 		smart_imaging {
 			authz smart-on-fhir {
@@ -76,11 +77,11 @@ func (c gatewayConfig) caddyfile() string {
 				basic_auth %[8]s {env.%[9]s}
 			}
 			study_token_key {env.%[10]s}
-			base_url http://127.0.0.1:%[11]d/%[1]s
+			base_url http://127.0.0.1:%[11]d/%[1]s%[12]s
 		}
 	}
 `, prefix, c.ehrFHIRBase, c.clientID, envClientSecret, mrnSystem, extra,
-			pacs, c.user, envPACSPassword, envStudyKey, c.port)
+			pacs, c.user, envPACSPassword, envStudyKey, c.port, strings.Join(more, ""))
 	}
 	plain := fmt.Sprintf(`	handle_path /plain/* {
 		reverse_proxy %s {
@@ -125,11 +126,15 @@ func (c gatewayConfig) caddyfile() string {
 }
 
 http://127.0.0.1:%d {
-%s%s%s%s%s%s}
+%s%s%s%s%s%s%s%s}
 `, c.adminPort, c.port, c.port,
 		route("bench", c.pacsURL, ""),
 		route("count", c.countURL, ""),
 		route("ttl", c.pacsURL, "\n\t\t\t\tcache_ttl 1s"),
+		// /cached is /bench with the metadata cache; /reval has a ttl so
+		// short that every request revalidates (one QIDO study query).
+		route("cached", c.pacsURL, "", "\n\t\t\tmetadata_cache {\n\t\t\t\tttl 1h\n\t\t\t}"),
+		route("reval", c.pacsURL, "", "\n\t\t\tmetadata_cache {\n\t\t\t\tttl 1ns\n\t\t\t}"),
 		plain, dimse("dimse", dimseCacheSize), dimse("dimse-small", dimseSmallCacheSize))
 }
 

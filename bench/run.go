@@ -52,8 +52,9 @@ type endpoint struct {
 	// gateway pays. nil: not measured.
 	Caddy op
 	// Target is the minimum gateway/direct throughput ratio at 16 clients
-	// (0: none).
-	Target float64
+	// (0: none); AlsoAt1 holds it at 1 client too.
+	Target  float64
+	AlsoAt1 bool
 }
 
 type env struct {
@@ -68,7 +69,12 @@ type env struct {
 	pids    cpuPIDs
 	token   string
 	wado    map[string]string // study UID → gateway WADO-RS base (/bench route)
-	res     *results
+	// The metadata cache's routes: study UID → WADO-RS base on /cached and
+	// /reval; manyToken and manyWADO for the many-instance study.
+	cachedWADO, revalWADO map[string]string
+	manyToken             string
+	manyWADO              map[string]string
+	res                   *results
 }
 
 func run(ctx context.Context, o options) (err error) {
@@ -132,6 +138,7 @@ func run(ctx context.Context, o options) (err error) {
 	e.ehr.AddPatient(benchPatient, mr(benchMRN))
 	e.ehr.AddPatient(largePatient, mr(largeMRN))
 	e.ehr.AddPatient(dimsePatient, mr(dimseMRN))
+	e.ehr.AddPatient(manyPatient, mr(manyMRN))
 
 	if e.counter, err = startCountingProxy(e.pacs.URL()); err != nil {
 		return err
@@ -177,6 +184,16 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if len(e.wado) != len(e.ds.studies) {
 		return fmt.Errorf("the gateway's search found %d studies of the bench patient, want %d", len(e.wado), len(e.ds.studies))
+	}
+	if e.cachedWADO, err = e.discover(ctx, "cached", benchPatient, e.token); err != nil {
+		return err
+	}
+	if e.revalWADO, err = e.discover(ctx, "reval", benchPatient, e.token); err != nil {
+		return err
+	}
+	e.manyToken = e.ehr.IssueToken(testehr.TokenSpec{Patient: manyPatient})
+	if e.manyWADO, err = e.discover(ctx, "cached", manyPatient, e.manyToken); err != nil {
+		return err
 	}
 
 	eps := e.endpoints()
@@ -348,6 +365,34 @@ func (e *env) endpoints() []endpoint {
 	instD, instG, instC := w(inst, acceptDICOM)
 	frameD, frameG, frameC := w(frames, acceptFrames)
 	metaD, metaG, metaC := w("/studies/"+st+"/metadata", acceptMetadata)
+
+	// The metadata cache (route /cached, ttl 1h; /reval, ttl 1ns: every
+	// request revalidates with one QIDO study query).
+	cachedMeta := get(e.cachedWADO[st]+"/studies/"+st+"/metadata", bearerHeader(e.token, acceptMetadata))
+	revalMeta := get(e.revalWADO[st]+"/studies/"+st+"/metadata", bearerHeader(e.token, acceptMetadata))
+	cachedSearch := get(e.gw.url("/cached/fhir/ImagingStudy?patient="+benchPatient), bearerHeader(e.token, ""))
+	many := "/studies/" + ds.manyStudy + "/metadata"
+	manyD := get(pacs+many, e.directHeader(acceptMetadata))
+	manyCached := get(e.manyWADO[ds.manyStudy]+many, bearerHeader(e.manyToken, acceptMetadata))
+	// A viewer opening a study: the series list, the study's metadata, the
+	// first frame, one after the other (time to first frame is the p50).
+	// Directly: QIDO series; through the gateway: the ImagingStudy search
+	// (which lists the series).
+	seq := func(ops ...op) op {
+		return func(ctx context.Context, c *http.Client, buf []byte) (int64, error) {
+			var total int64
+			for _, o := range ops {
+				n, err := o(ctx, c, buf)
+				total += n
+				if err != nil {
+					return total, err
+				}
+			}
+			return total, nil
+		}
+	}
+	openD := seq(get(pacs+"/studies/"+st+"/series"+seriesQuery, jsonH), metaD, frameD)
+	openG := seq(cachedSearch, cachedMeta, get(e.cachedWADO[st]+frames, bearerHeader(e.token, acceptFrames)))
 	return []endpoint{
 		{Name: "qido-studies", Label: "QIDO studies?PatientID (1 call, reference)", Direct: studyOp},
 		{Name: "search", Label: fmt.Sprintf("search: %d QIDO direct vs ImagingStudy", 1+len(ds.studies)), Direct: searchSet, Gateway: search, Target: 0.85},
@@ -355,6 +400,11 @@ func (e *env) endpoints() []endpoint {
 		{Name: "wado-instance", Label: "WADO instance (512x512 CT)", Direct: instD, Gateway: instG, Caddy: instC, Target: 0.90},
 		{Name: "wado-frames", Label: "WADO frames/1 (256x256)", Direct: frameD, Gateway: frameG, Caddy: frameC, Target: 0.85},
 		{Name: "wado-metadata", Label: "WADO study metadata", Direct: metaD, Gateway: metaG, Caddy: metaC, Target: 0.85},
+		{Name: "cached-metadata", Label: fmt.Sprintf("study metadata (%d inst), metadata_cache", ds.studyInstances), Direct: metaD, Gateway: cachedMeta, Target: 2, AlsoAt1: true},
+		{Name: "cached-search", Label: fmt.Sprintf("search: %d QIDO direct vs ImagingStudy, metadata_cache", 1+len(ds.studies)), Direct: searchSet, Gateway: cachedSearch, Target: 2, AlsoAt1: true},
+		{Name: "cached-reval", Label: "study metadata, revalidated on every request (ttl 1ns)", Direct: metaD, Gateway: revalMeta},
+		{Name: "cached-many", Label: fmt.Sprintf("study metadata (%d inst), metadata_cache", manyInstances), Direct: manyD, Gateway: manyCached, Target: 2, AlsoAt1: true},
+		{Name: "viewer-open", Label: "viewer open: series + metadata + frame (p50 = time to first frame)", Direct: openD, Gateway: openG},
 	}
 }
 

@@ -49,6 +49,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		route_id <name>
 //		cors <origin>...|*
 //		max_render_size <pixels>
+//		metadata_cache {
+//			size <bytes>
+//			ttl <duration>
+//		}
 //		delay {
 //			lookup_until <RFC 3339 instant | duration after start>
 //			retrieve_until <RFC 3339 instant | duration after start>
@@ -65,6 +69,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			authz smart-on-fhir { <any option but fhir_base_url, client_id and keys> }
 //			allow_mock
 //			max_configs <n>
+//			metadata_cache { size <bytes>  ttl <duration> }
 //		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -125,6 +130,17 @@ func (h *Handler) subdirectives() subdirectives {
 				return d.Errf("max_render_size: want a number of pixels from %d to %d, got %q", imagesource.MinMaxRenderSize, imagesource.MaxImageSide, s)
 			}
 			h.MaxRenderSize = n
+			return nil
+		}},
+		{"metadata_cache", func(d *caddyfile.Dispenser) error {
+			if h.MetadataCache != nil {
+				return d.Err("metadata_cache is already set for this route")
+			}
+			c, err := unmarshalMetadataCache(d)
+			if err != nil {
+				return err
+			}
+			h.MetadataCache = c
 			return nil
 		}},
 		{"delay", func(d *caddyfile.Dispenser) error {
@@ -202,6 +218,17 @@ func (c *DynamicConfig) subdirectives() subdirectives {
 				return d.Errf("max_configs: want a positive integer, got %q", s)
 			}
 			c.MaxConfigs = n
+			return nil
+		}},
+		{"metadata_cache", func(d *caddyfile.Dispenser) error {
+			if c.MetadataCache != nil {
+				return d.Err("dynamic_config: metadata_cache is already set")
+			}
+			mc, err := unmarshalMetadataCache(d)
+			if err != nil {
+				return err
+			}
+			c.MetadataCache = mc
 			return nil
 		}},
 	}

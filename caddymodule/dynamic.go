@@ -59,6 +59,9 @@ type DynamicConfig struct {
 	// timeout) except fhir_base_url, client_id and the credentials. Unset:
 	// the smart-on-fhir defaults.
 	SMART *smart.Config `json:"smart_on_fhir,omitempty"`
+	// MetadataCache gives every tenant a metadata cache of its own with
+	// these bounds. Unset: tenants have none.
+	MetadataCache *MetadataCacheConfig `json:"metadata_cache,omitempty"`
 }
 
 // dynamicTenants provisions and caches the handlers of dynamic configs.
@@ -66,6 +69,7 @@ type dynamicTenants struct {
 	policy     dynconfig.Policy
 	smart      smart.Config
 	maxConfigs int
+	metaCache  *MetadataCacheConfig // each tenant's, when the operator sets it
 	parent     *Handler
 	// root is the parent of every tenant's context: a child of the route's
 	// context (so unloading the config cancels it) with no cleanup
@@ -112,6 +116,7 @@ func newDynamicTenants(ctx caddy.Context, parent *Handler, cfg DynamicConfig) (*
 			MaxStudyTokenTTL:    parent.ttl,
 		},
 		maxConfigs: cfg.MaxConfigs,
+		metaCache:  cfg.MetadataCache,
 		parent:     parent,
 		lru:        list.New(),
 		byKey:      map[string]*list.Element{},
@@ -341,12 +346,18 @@ func (d *dynamicTenants) provision(ten *dynconfig.Tenant, key, parentRoute strin
 		CORS:          d.parent.CORS,
 		MaxRenderSize: d.parent.MaxRenderSize,
 		Delay:         ten.Delay,
+		MetadataCache: d.metaCache,
 		inheritKeys:   d.parent.keys,
 		metricsRoute:  parentRoute + "/dyn",
 	}
 	tctx, cancel := caddy.NewContext(d.root)
 	var once sync.Once
-	release := func() { once.Do(cancel) }
+	release := func() {
+		once.Do(func() {
+			cancel()
+			_ = child.Cleanup() // the tenant's own resources, such as its metadata cache
+		})
+	}
 	if err := child.Provision(tctx); err != nil {
 		release()
 		return nil, badDynamic(fmt.Errorf("dynamic config: %w", err))

@@ -22,6 +22,7 @@ import (
 	"github.com/smart-imaging/smart_imaging/authz"
 	"github.com/smart-imaging/smart_imaging/authz/studytoken"
 	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/imagesource/metacache"
 	"github.com/smart-imaging/smart_imaging/internal/delay"
 )
 
@@ -103,9 +104,14 @@ type Handler struct {
 	// archive.
 	Delay *delay.Config `json:"delay,omitempty"`
 
+	// MetadataCache keeps WADO-RS metadata and study searches in memory
+	// (imagesource/metacache). Unset: no cache.
+	MetadataCache *MetadataCacheConfig `json:"metadata_cache,omitempty"`
+
 	gate       *delay.Gate
 	authorizer authz.Authorizer
 	source     imagesource.Source
+	metaCache  *metacache.Source
 	lookup     imagesource.Lookup
 	keys       *studytoken.Keyring
 	ttl        time.Duration
@@ -236,6 +242,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.lookup == imagesource.LookupAllStudies && !h.unrestricted() {
 		return errors.New("images: lookup all-studies returns every patient's studies; use it only with 'authz mock { disable_authz_checks }', or use lookup studies-by-mrn")
 	}
+	if err := h.provisionMetadataCache(); err != nil {
+		return err
+	}
 
 	if h.inheritKeys != nil {
 		h.keys = h.inheritKeys
@@ -303,6 +312,7 @@ func (h *Handler) Cleanup() error {
 	if h.dynamic != nil {
 		h.dynamic.cleanup()
 	}
+	h.closeMetadataCache()
 	return nil
 }
 

@@ -49,7 +49,7 @@ func registerMetrics(reg prometheus.Registerer) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{metricRequests, metricSourceDuration, metricAuthzDuration, AuthzCacheLookups} {
+	for _, c := range []prometheus.Collector{metricRequests, metricSourceDuration, metricAuthzDuration, AuthzCacheLookups, liveCaches} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -101,6 +101,10 @@ http://localhost:9080 {
 				patient %[2]s mrn %[3]s
 			}
 			%[4]s
+			# Every attack on /a runs against a metadata cache too.
+			metadata_cache {
+				ttl 1h
+			}
 		}
 	}
 	handle_path /b/* {
@@ -123,6 +127,7 @@ http://localhost:9080 {
 		smart_imaging {
 			%[8]s
 			%[4]s
+			metadata_cache
 			base_url http://localhost:9080/smart
 		}
 	}
@@ -175,6 +180,7 @@ http://localhost:9080 {
 					mrn_system %[18]s
 					audience %[19]s
 				}
+				metadata_cache
 			}
 		}
 	}
