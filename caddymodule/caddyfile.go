@@ -52,6 +52,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			lookup_until <RFC 3339 instant | duration after start>
 //			retrieve_until <RFC 3339 instant | duration after start>
 //		}
+//		dicomweb_root
 //		dynamic_config {
 //			allow_hosts <host[:port]>...
 //			allow_ehr_hosts <host[:port]>...
@@ -172,6 +173,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.Delay = c
+		case "dicomweb_root":
+			if err := h.parseDICOMwebRoot(d); err != nil {
+				return err
+			}
 		case "dynamic_config":
 			if h.Dynamic != nil {
 				return d.Err("dynamic_config is already set for this route")
@@ -240,7 +245,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("dynamic_config needs allow_hosts (or allow_ehr_hosts and allow_pacs_hosts): the EHR and PACS hosts dynamic configs may use")
 			}
 		default:
-			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, base_url, route_id, cors, max_render_size, delay, dynamic_config)", d.Val())
+			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, base_url, route_id, cors, max_render_size, delay, dicomweb_root, dynamic_config)", d.Val())
 		}
 	}
 	return nil

@@ -23,6 +23,7 @@ import (
 	"github.com/smart-imaging/smart_imaging/authz/studytoken"
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/internal/delay"
+	"github.com/smart-imaging/smart_imaging/internal/dwroot"
 )
 
 func init() {
@@ -98,12 +99,18 @@ type Handler struct {
 	// default size) to 65535.
 	MaxRenderSize int `json:"max_render_size,omitempty"`
 
+	// DICOMwebRoot serves a patient-scoped DICOMweb root at
+	// {route}/dicomweb/: QIDO-RS bound to the caller's patient and WADO-RS
+	// of the patient's studies. Off by default.
+	DICOMwebRoot bool `json:"dicomweb_root,omitempty"`
+
 	// Delay answers searches and WADO-RS retrieves 503 with Retry-After
 	// until the instants it names: for testing clients against a slow
 	// archive.
 	Delay *delay.Config `json:"delay,omitempty"`
 
 	gate       *delay.Gate
+	owners     *dwroot.Owners
 	authorizer authz.Authorizer
 	source     imagesource.Source
 	lookup     imagesource.Lookup
@@ -216,6 +223,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.ttl = time.Duration(h.StudyTokenTTL)
 	if h.ttl == 0 {
 		h.ttl = time.Hour
+	}
+	if h.DICOMwebRoot {
+		h.owners = dwroot.NewOwners(ownerCacheTTL, ownerCacheMax)
 	}
 	if err := h.provisionDelay(); err != nil {
 		return err
@@ -356,6 +366,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveReady(w, r)
 	case strings.HasPrefix(path, "/wado/"):
 		return h.serveWADO(w, r, strings.TrimPrefix(path, "/wado/"))
+	case strings.HasPrefix(path, "/dicomweb/") && h.DICOMwebRoot:
+		return h.serveDICOMwebRoot(w, r, strings.TrimPrefix(path, "/dicomweb/"))
 	case strings.HasPrefix(path, "/dyn/") && h.dynamic != nil:
 		return h.serveDynamic(w, r, strings.TrimPrefix(path, "/dyn/"))
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/authz/studytoken"
 	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/imagesource/studyzip"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
 )
 
@@ -62,6 +63,10 @@ func (h *Handler) serveWADO(w http.ResponseWriter, r *http.Request, rest string)
 			if req.PatientIDs, err = h.authorizer.PatientKeys(r.Context(), p); err != nil {
 				return h.fail(w, r, err)
 			}
+		}
+
+		if wp.Level() == wadopath.Study && wp.Resource == wadopath.Objects && studyzip.Wants(r) {
+			return h.zipStudy(w, r, req)
 		}
 
 		start := time.Now()

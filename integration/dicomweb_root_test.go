@@ -1,0 +1,315 @@
+package integration
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
+	"github.com/smart-imaging/smart_imaging/internal/orthanc"
+)
+
+// dicomwebRootConfig is sourcesConfig with the patient-scoped DICOMweb
+// root on every route.
+func dicomwebRootConfig(pacs *orthanc.Server, peers ...dimsePeer) string {
+	return strings.ReplaceAll(sourcesConfig(pacs, peers...), "\t\tsmart_imaging {\n", "\t\tsmart_imaging {\n\t\t\tdicomweb_root\n")
+}
+
+// rootGet sends a GET with the given Accept and returns status, header and
+// body.
+func rootGet(t *testing.T, tc *caddytest.Tester, u, accept string) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	resp, err := tc.Client.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", u, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: reading: %v", u, err)
+	}
+	return resp.StatusCode, resp.Header, b
+}
+
+// qido runs a QIDO-RS search that must succeed and returns its results.
+func qido(t *testing.T, tc *caddytest.Tester, u string) []dicomjson.Dataset {
+	t.Helper()
+	code, h, b := rootGet(t, tc, u, "application/dicom+json")
+	if code != http.StatusOK {
+		t.Fatalf("GET %s: %d %s", u, code, b)
+	}
+	if ct := h.Get("Content-Type"); ct != "application/dicom+json" {
+		t.Fatalf("GET %s: Content-Type %q", u, ct)
+	}
+	list, err := dicomjson.DecodeList(b)
+	if err != nil {
+		t.Fatalf("GET %s: %v in %s", u, err, b)
+	}
+	return list
+}
+
+func uidsOf(list []dicomjson.Dataset, tag string) []string {
+	var out []string
+	for _, ds := range list {
+		out = append(out, ds.String(tag))
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestDICOMwebRoot drives {route}/dicomweb/ on every image source as a
+// plain DICOMweb client would: QIDO-RS sees exactly the patient's studies,
+// whatever the query says; WADO-RS serves them and answers another
+// patient's study, series or instance as if it did not exist; a study
+// downloads as a zip of its Part 10 files.
+func TestDICOMwebRoot(t *testing.T) {
+	pacs := orthanc.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := pacs.Upload(ctx, "../examples/demo/studies"); err != nil {
+		t.Fatal(err)
+	}
+	peers := startDIMSEPeers(t, ctx)
+	c := readSourcesCorpus(t)
+	tc := caddytest.NewTester(t)
+	tc.InitServer(dicomwebRootConfig(pacs, peers...), "caddyfile")
+
+	routes := map[string]string{"folder": "/folder", "dicomweb": "/pacs"}
+	for _, p := range peers {
+		routes[strings.TrimPrefix(p.route, "/")] = p.route
+	}
+	own := keys(c.byPatient[demoMRN])
+	var foreign, foreignSeries, foreignSOP string
+	for study, insts := range c.byStudy {
+		if insts[0].patientID != demoMRN {
+			foreign, foreignSeries, foreignSOP = study, insts[0].series, insts[0].sop
+			break
+		}
+	}
+	if len(own) == 0 || foreign == "" {
+		t.Fatal("the demo corpus lacks the patient's or another patient's studies")
+	}
+	const missing = "2.25.999999999999999999"
+
+	for name, route := range routes {
+		t.Run(name, func(t *testing.T) {
+			root := base + route + "/dicomweb"
+			studies := qido(t, tc, root+"/studies?limit=101&offset=0&fuzzymatching=false&includefield=00081030,00080060")
+			if got := uidsOf(studies, dicomjson.TagStudyInstanceUID); strings.Join(got, " ") != strings.Join(own, " ") {
+				t.Fatalf("studies = %v, want exactly the patient's %v", got, own)
+			}
+			for _, st := range studies {
+				want := root + "/studies/" + st.String(dicomjson.TagStudyInstanceUID)
+				if got := st.String(dicomjson.TagRetrieveURL); got != want {
+					t.Errorf("RetrieveURL = %q, want %q", got, want)
+				}
+			}
+
+			t.Run("the gateway decides the PatientID", func(t *testing.T) {
+				if got := uidsOf(qido(t, tc, root+"/studies?PatientID="+demoMRN), dicomjson.TagStudyInstanceUID); strings.Join(got, " ") != strings.Join(own, " ") {
+					t.Errorf("PatientID=own: %v", got)
+				}
+				for _, q := range []string{"PatientID=" + c.byStudy[foreign][0].patientID, "00100020=" + c.byStudy[foreign][0].patientID,
+					"StudyInstanceUID=" + foreign, "PatientID=SIA-MRN-0001"} {
+					if got := qido(t, tc, root+"/studies?"+q); len(got) != 0 {
+						t.Errorf("%s: %d results, want none", q, len(got))
+					}
+				}
+				if got := qido(t, tc, root+"/studies/"+foreign+"/series"); len(got) != 0 {
+					t.Errorf("another patient's series: %d results", len(got))
+				}
+				if got := qido(t, tc, root+"/studies/"+foreign+"/series/"+foreignSeries+"/instances"); len(got) != 0 {
+					t.Errorf("another patient's instances: %d results", len(got))
+				}
+			})
+			t.Run("refused parameters", func(t *testing.T) {
+				for _, q := range []string{"PatientName=Kshlerin*", "PatientName=Kshlerin%5EDanae", "AccessionNumber=*",
+					"PatientID=*", "PatientID=SIA-MRN-*", "PatientID=" + url.QueryEscape(demoMRN+`\SIA-MRN-0001`),
+					"Modality=CT,MR", "StudyInstanceUID=1.2.*", "fuzzymatching=true", "includefield=00100030x",
+					"PatientBirthDate=19700101", "limit=-1", "unknown=1"} {
+					code, h, b := rootGet(t, tc, root+"/studies?"+q, "")
+					if code != http.StatusBadRequest || !strings.Contains(h.Get("Content-Type"), "fhir+json") || !bytes.Contains(b, []byte("OperationOutcome")) {
+						t.Errorf("%s: %d %s, want a 400 OperationOutcome", q, code, b)
+					}
+				}
+			})
+			t.Run("filters", func(t *testing.T) {
+				st := studies[0]
+				uid := st.String(dicomjson.TagStudyInstanceUID)
+				if got := qido(t, tc, root+"/studies?StudyInstanceUID="+uid); len(got) != 1 {
+					t.Errorf("StudyInstanceUID: %d results", len(got))
+				}
+				mod := c.files[c.byStudy[uid][0].sop].modality
+				got := qido(t, tc, root+"/studies?ModalitiesInStudy="+mod)
+				if len(got) == 0 || len(got) > len(own) {
+					t.Errorf("ModalitiesInStudy=%s: %d results", mod, len(got))
+				}
+				if got := qido(t, tc, root+"/studies?limit=1&offset=1"); len(got) != 1 || got[0].String(dicomjson.TagStudyInstanceUID) == "" {
+					t.Errorf("limit=1&offset=1: %d results", len(got))
+				}
+			})
+
+			for _, uid := range own {
+				series := qido(t, tc, root+"/studies/"+uid+"/series")
+				wantSeries := keys(mapKeys(c.seriesOf(uid)))
+				if got := uidsOf(series, dicomjson.TagSeriesInstanceUID); strings.Join(got, " ") != strings.Join(wantSeries, " ") {
+					t.Errorf("study %s series = %v, want %v", uid, got, wantSeries)
+				}
+				for suid, files := range c.seriesOf(uid) {
+					insts := qido(t, tc, root+"/studies/"+uid+"/series/"+suid+"/instances")
+					var want []string
+					for _, f := range files {
+						want = append(want, f.sop)
+					}
+					sort.Strings(want)
+					if got := uidsOf(insts, dicomjson.TagSOPInstanceUID); strings.Join(got, " ") != strings.Join(want, " ") {
+						t.Errorf("series %s instances = %v, want %v", suid, got, want)
+					}
+					for _, in := range insts {
+						if !strings.HasPrefix(in.String(dicomjson.TagRetrieveURL), root+"/studies/"+uid+"/series/"+suid+"/instances/") {
+							t.Errorf("instance RetrieveURL %q", in.String(dicomjson.TagRetrieveURL))
+						}
+					}
+					// The viewer's next request: the series metadata.
+					code, _, b := rootGet(t, tc, root+"/studies/"+uid+"/series/"+suid+"/metadata", "application/dicom+json")
+					if code != http.StatusOK {
+						t.Fatalf("metadata: %d %s", code, b)
+					}
+					md, err := dicomjson.DecodeList(b)
+					if err != nil || len(md) != len(files) {
+						t.Errorf("metadata: %d instances (%v), want %d", len(md), err, len(files))
+					}
+					code, _, b = rootGet(t, tc, root+"/studies/"+uid+"/series/"+suid+"/instances/"+files[0].sop+"/frames/1", "")
+					if code != http.StatusOK || !bytes.Contains(b, files[0].frame1[:min(64, len(files[0].frame1))]) {
+						t.Errorf("frame 1: %d, %d bytes, want the file's pixels", code, len(b))
+					}
+				}
+			}
+
+			t.Run("another patient's images are not found", func(t *testing.T) {
+				_, _, missingBody := rootGet(t, tc, root+"/studies/"+missing+"/metadata", "application/dicom+json")
+				for _, p := range []string{
+					"/studies/" + foreign,
+					"/studies/" + foreign + "/metadata",
+					"/studies/" + foreign + "/series/" + foreignSeries,
+					"/studies/" + foreign + "/series/" + foreignSeries + "/metadata",
+					"/studies/" + foreign + "/series/" + foreignSeries + "/instances/" + foreignSOP,
+					"/studies/" + foreign + "/series/" + foreignSeries + "/instances/" + foreignSOP + "/frames/1",
+					"/studies/" + foreign + "/series/" + foreignSeries + "/instances/" + foreignSOP + "/rendered",
+					"/studies/" + foreign + "/series/" + foreignSeries + "/instances/" + foreignSOP + "/bulkdata/7FE00010",
+				} {
+					code, _, b := rootGet(t, tc, root+p, "")
+					if code != http.StatusNotFound {
+						t.Errorf("%s: %d, want 404", p, code)
+					}
+					if !bytes.Equal(b, missingBody) {
+						t.Errorf("%s: answer %s differs from a missing study's %s", p, b, missingBody)
+					}
+					if leaks := scanFor(foreignNeedles(readDemoManifest(t), demoMRN), p, b); len(leaks) > 0 {
+						t.Errorf("%s leaks %v", p, leaks)
+					}
+				}
+				// The patient's own study with another patient's series
+				// under it.
+				code, _, _ := rootGet(t, tc, root+"/studies/"+own[0]+"/series/"+foreignSeries+"/metadata", "application/dicom+json")
+				if code == http.StatusOK {
+					t.Errorf("own study, foreign series: %d", code)
+				}
+			})
+
+			t.Run("zip download", func(t *testing.T) {
+				uid := own[0]
+				code, h, b := rootGet(t, tc, root+"/studies/"+uid, "application/zip")
+				if code != http.StatusOK || h.Get("Content-Type") != "application/zip" {
+					t.Fatalf("zip: %d %s", code, h.Get("Content-Type"))
+				}
+				checkStudyZip(t, c, uid, b, name == "folder" || name == "dicomweb")
+			})
+		})
+	}
+
+	t.Run("zip on the SMART endpoint", func(t *testing.T) {
+		res := search(t, tc, base+"/folder/fhir/ImagingStudy?patient="+demoPatient)
+		uid := own[0]
+		code, h, b := rootGet(t, tc, res.endpoints[uid]+"/studies/"+uid, "application/zip")
+		if code != http.StatusOK || h.Get("Content-Type") != "application/zip" {
+			t.Fatalf("zip: %d %s %s", code, h.Get("Content-Type"), b)
+		}
+		checkStudyZip(t, c, uid, b, true)
+	})
+}
+
+func mapKeys[V any](m map[string]V) map[string]bool {
+	out := map[string]bool{}
+	for k := range m {
+		out[k] = true
+	}
+	return out
+}
+
+// checkStudyZip checks a study's zip: a folder per series holding that
+// series' Part 10 files (byte for byte the corpus's when exact is set).
+func checkStudyZip(t *testing.T, c sourcesCorpus, study string, b []byte, exact bool) {
+	t.Helper()
+	zr, err := zip.NewReader(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatalf("not a zip: %v", err)
+	}
+	wantSHA := map[string]string{} // sha → series
+	n := 0
+	for suid, files := range c.seriesOf(study) {
+		for _, f := range files {
+			wantSHA[f.sha] = suid
+			n++
+		}
+	}
+	if len(zr.File) != n {
+		t.Errorf("zip holds %d files, want %d", len(zr.File), n)
+	}
+	for _, f := range zr.File {
+		rc, err := f.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", f.Name, err)
+		}
+		if len(data) < 132 || string(data[128:132]) != "DICM" {
+			t.Errorf("%s is not a Part 10 file", f.Name)
+			continue
+		}
+		folder := f.Name[:strings.IndexByte(f.Name, '/')]
+		if _, ok := c.seriesOf(study)[folder]; !ok {
+			t.Errorf("%s: folder is not a series of the study", f.Name)
+		}
+		if exact {
+			sum := sha256.Sum256(data)
+			if s, ok := wantSHA[hex.EncodeToString(sum[:])]; !ok || s != folder {
+				t.Errorf("%s: not the corpus file of that series", f.Name)
+			}
+		}
+	}
+}
+
+var _ = json.Marshal
