@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"io"
 	"net/http"
 	"net/url"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
 	"github.com/smart-imaging/smart_imaging/internal/orthanc"
+	"github.com/smart-imaging/smart_imaging/internal/testehr"
 )
 
 // dicomwebRootConfig is sourcesConfig with the patient-scoped DICOMweb
@@ -312,4 +312,59 @@ func checkStudyZip(t *testing.T, c sourcesCorpus, study string, b []byte, exact 
 	}
 }
 
-var _ = json.Marshal
+
+// TestDICOMwebRootSMART: the root under SMART tokens, as for search: no
+// token is a 401 with a challenge, a wrong scope a 403, and each token
+// sees its own patient's studies only, also right after another token
+// opened a study (ownership is cached per token, not per study).
+func TestDICOMwebRootSMART(t *testing.T) {
+	env := newSmartEnv(t)
+	env.tc = caddytest.NewTester(t)
+	env.tc.InitServer(strings.ReplaceAll(env.config(), "\t\tsmart_imaging {\n", "\t\tsmart_imaging {\n\t\t\tdicomweb_root\n"), "caddyfile")
+	t.Cleanup(func() {
+		env.mu.Lock()
+		defer env.mu.Unlock()
+		for _, l := range env.leaks {
+			t.Errorf("credential leaked: %s", l)
+		}
+	})
+	c := readCorpus(t)
+	ehr := env.ehr
+	root := base + "/smart/dicomweb"
+	wantDemo, wantAlice := keys(c.byPatient[demoMRN]), keys(c.byPatient[smartAliceMRN])
+
+	h, _ := smartRefused(t, env.as(""), root+"/studies", http.StatusUnauthorized)
+	if !strings.HasPrefix(h.Get("WWW-Authenticate"), "Bearer") {
+		t.Errorf("no token: WWW-Authenticate %q", h.Get("WWW-Authenticate"))
+	}
+	smartRefused(t, env.as(env.mint(ehr, testehr.TokenSpec{Patient: demoPatient, Scope: "launch/patient patient/Observation.rs"})),
+		root+"/studies", http.StatusForbidden)
+	smartRefused(t, env.as(env.mint(ehr, testehr.TokenSpec{Patient: demoPatient, Scope: "launch/patient patient/Observation.rs"})),
+		root+"/studies/"+wantDemo[0]+"/metadata", http.StatusForbidden)
+
+	demo := env.as(env.mint(ehr, testehr.TokenSpec{Patient: demoPatient}))
+	alice := env.as(env.mint(ehr, testehr.TokenSpec{Patient: smartAlice}))
+	for _, tc := range []struct {
+		name        string
+		tester      *caddytest.Tester
+		own, others []string
+	}{{"demo", demo, wantDemo, wantAlice}, {"alice", alice, wantAlice, wantDemo}} {
+		got := uidsOf(qido(t, tc.tester, root+"/studies"), dicomjson.TagStudyInstanceUID)
+		if strings.Join(got, " ") != strings.Join(tc.own, " ") {
+			t.Errorf("%s: studies %v, want %v", tc.name, got, tc.own)
+		}
+		for _, uid := range tc.own {
+			if code, _, b := rootGet(t, tc.tester, root+"/studies/"+uid+"/metadata", "application/dicom+json"); code != http.StatusOK {
+				t.Errorf("%s: own study metadata %d %s", tc.name, code, b)
+			}
+		}
+		for _, uid := range tc.others {
+			if code, _, _ := rootGet(t, tc.tester, root+"/studies/"+uid+"/metadata", "application/dicom+json"); code != http.StatusNotFound {
+				t.Errorf("%s: the other patient's study %s: %d, want 404", tc.name, uid, code)
+			}
+			if got := qido(t, tc.tester, root+"/studies/"+uid+"/series"); len(got) != 0 {
+				t.Errorf("%s: the other patient's series listed", tc.name)
+			}
+		}
+	}
+}
