@@ -3,12 +3,15 @@ package integration
 import (
 	"archive/zip"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"sort"
 	"strings"
 	"testing"
@@ -248,13 +251,15 @@ func TestDICOMwebRoot(t *testing.T) {
 	}
 
 	t.Run("zip on the SMART endpoint", func(t *testing.T) {
-		res := search(t, tc, base+"/folder/fhir/ImagingStudy?patient="+demoPatient)
-		uid := own[0]
-		code, h, b := rootGet(t, tc, res.endpoints[uid]+"/studies/"+uid, "application/zip")
-		if code != http.StatusOK || h.Get("Content-Type") != "application/zip" {
-			t.Fatalf("zip: %d %s %s", code, h.Get("Content-Type"), b)
+		for name, route := range routes {
+			res := search(t, tc, base+route+"/fhir/ImagingStudy?patient="+demoPatient)
+			uid := own[len(own)-1]
+			code, h, b := rootGet(t, tc, res.endpoints[uid]+"/studies/"+uid, "application/zip")
+			if code != http.StatusOK || h.Get("Content-Type") != "application/zip" {
+				t.Fatalf("%s: zip: %d %s %s", name, code, h.Get("Content-Type"), b)
+			}
+			checkStudyZip(t, c, uid, b, name == "folder" || name == "dicomweb")
 		}
-		checkStudyZip(t, c, uid, b, true)
 	})
 }
 
@@ -312,7 +317,6 @@ func checkStudyZip(t *testing.T, c sourcesCorpus, study string, b []byte, exact 
 	}
 }
 
-
 // TestDICOMwebRootSMART: the root under SMART tokens, as for search: no
 // token is a 401 with a challenge, a wrong scope a 403, and each token
 // sees its own patient's studies only, also right after another token
@@ -366,5 +370,97 @@ func TestDICOMwebRootSMART(t *testing.T) {
 				t.Errorf("%s: the other patient's series listed", tc.name)
 			}
 		}
+	}
+}
+
+// exampleEncodeBlock is the encode block of examples/demo/Caddyfile, the
+// one the README tells operators to copy.
+func exampleEncodeBlock(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("../examples/demo/Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	i := strings.Index(s, "\tencode {\n")
+	j := strings.Index(s[max(i, 0):], "\n\t}\n")
+	if i < 0 || j < 0 {
+		t.Fatal("examples/demo/Caddyfile has no encode block")
+	}
+	return s[i : i+j+4]
+}
+
+// TestCompressedJSON: with the example's encode block, a study's DICOM
+// JSON metadata, a QIDO-RS answer and a FHIR Bundle come back compressed
+// and smaller; frames do not.
+func TestCompressedJSON(t *testing.T) {
+	tc := caddytest.NewTester(t)
+	cfg := strings.Replace(demoConfig(), "http://localhost:9080 {\n", "http://localhost:9080 {\n"+exampleEncodeBlock(t)+"\n", 1)
+	cfg = strings.ReplaceAll(cfg, "\t\tsmart_imaging {\n", "\t\tsmart_imaging {\n\t\t\tdicomweb_root\n")
+	tc.InitServer(cfg, "caddyfile")
+	c := readSourcesCorpus(t)
+	study := keys(c.byPatient[demoMRN])[0]
+	var sop corpusFile
+	for _, f := range c.files {
+		if f.study == study {
+			sop = f
+			break
+		}
+	}
+	res := search(t, tc, base+"/hardcoded-patient/fhir/ImagingStudy?patient="+demoPatient)
+	for _, u := range []string{
+		base + "/hardcoded-patient/dicomweb/studies/" + study + "/metadata",
+		base + "/hardcoded-patient/dicomweb/studies",
+		res.endpoints[study] + "/studies/" + study + "/metadata",
+		base + "/hardcoded-patient/fhir/ImagingStudy?patient=" + demoPatient,
+	} {
+		get := func(enc string) (*http.Response, []byte) {
+			req, _ := http.NewRequest(http.MethodGet, u, nil)
+			if enc != "" {
+				req.Header.Set("Accept-Encoding", enc)
+			}
+			resp, err := tc.Client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp, b
+		}
+		plainResp, plain := get("identity")
+		zResp, z := get("gzip")
+		if plainResp.StatusCode != 200 || zResp.StatusCode != 200 {
+			t.Fatalf("%s: %d / %d", u, plainResp.StatusCode, zResp.StatusCode)
+		}
+		if zResp.Header.Get("Content-Encoding") != "gzip" {
+			t.Errorf("%s (%s): not compressed", u, zResp.Header.Get("Content-Type"))
+			continue
+		}
+		zr, err := gzip.NewReader(bytes.NewReader(z))
+		if err != nil {
+			t.Fatal(err)
+		}
+		unz, err := io.ReadAll(zr)
+		if err != nil || !json.Valid(unz) || (!strings.Contains(u, "/fhir/") && !bytes.Equal(unz, plain)) {
+			// (A FHIR Bundle differs from one search to the next: its
+			// study tokens are fresh.)
+			t.Errorf("%s: the compressed answer is not the plain one (%v)", u, err)
+		}
+		if len(z) >= len(plain) {
+			t.Errorf("%s: compressed %d bytes, plain %d", u, len(z), len(plain))
+		}
+		t.Logf("%s: %d → %d bytes", zResp.Header.Get("Content-Type"), len(plain), len(z))
+	}
+	// Pixels are left alone.
+	req, _ := http.NewRequest(http.MethodGet, base+"/hardcoded-patient/dicomweb/studies/"+study+"/series/"+sop.series+"/instances/"+sop.sop+"/frames/1", nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := tc.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Encoding") != "" {
+		t.Errorf("frame: %d, Content-Encoding %q", resp.StatusCode, resp.Header.Get("Content-Encoding"))
 	}
 }
