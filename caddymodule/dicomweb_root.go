@@ -13,6 +13,7 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/authz"
 	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/imagesource/byterange"
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
 	"github.com/smart-imaging/smart_imaging/imagesource/studyzip"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
@@ -377,7 +378,7 @@ func (h *Handler) runRetrieve(w http.ResponseWriter, r *http.Request, req images
 	defer func() {
 		metricSourceDuration.WithLabelValues(h.metricRoute(r), "retrieve").Observe(time.Since(start).Seconds())
 	}()
-	err := h.source.Retrieve(w, r, req)
+	err := h.source.Retrieve(byterange.Wrap(w, r), r, req)
 	if err == nil {
 		return nil
 	}
