@@ -173,7 +173,9 @@ func (p *cdpPage) evalString(expr string) string {
 	return s
 }
 
-func (p *cdpPage) bodyText() string { return p.evalString("document.body ? document.body.innerText : ''") }
+func (p *cdpPage) bodyText() string {
+	return p.evalString("document.body ? document.body.innerText : ''")
+}
 
 // canvasDetail is the number of distinct grey levels on screen inside the
 // largest canvas (OHIF's viewport): 0 without one, 1 for a blank one.
