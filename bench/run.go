@@ -348,6 +348,7 @@ func (e *env) endpoints() []endpoint {
 	instD, instG, instC := w(inst, acceptDICOM)
 	frameD, frameG, frameC := w(frames, acceptFrames)
 	metaD, metaG, metaC := w("/studies/"+st+"/metadata", acceptMetadata)
+	ohifD, ohifG := e.ohifFirstImage()
 	return []endpoint{
 		{Name: "qido-studies", Label: "QIDO studies?PatientID (1 call, reference)", Direct: studyOp},
 		{Name: "search", Label: fmt.Sprintf("search: %d QIDO direct vs ImagingStudy", 1+len(ds.studies)), Direct: searchSet, Gateway: search, Target: 0.85},
@@ -355,7 +356,42 @@ func (e *env) endpoints() []endpoint {
 		{Name: "wado-instance", Label: "WADO instance (512x512 CT)", Direct: instD, Gateway: instG, Caddy: instC, Target: 0.90},
 		{Name: "wado-frames", Label: "WADO frames/1 (256x256)", Direct: frameD, Gateway: frameG, Caddy: frameC, Target: 0.85},
 		{Name: "wado-metadata", Label: "WADO study metadata", Direct: metaD, Gateway: metaG, Caddy: metaC, Target: 0.85},
+		{Name: "ohif-first-image", Label: "OHIF first image: QIDO studies, series, series metadata, frame 1 (4 calls)", Direct: ohifD, Gateway: ohifG},
 	}
+}
+
+// ohifFirstImage is what OHIF requests before it shows a study's first
+// image, one after the other: the study list, the study's series, the
+// first series' metadata and its first instance's first frame. Direct:
+// from Orthanc (the study list filtered by the patient's PatientID, as a
+// patient-bound viewer would need); gateway: through the route's
+// patient-scoped DICOMweb root with the access token.
+func (e *env) ohifFirstImage() (direct, gateway op) {
+	ds := e.ds
+	st := ds.wadoStudy
+	steps := func(base string, h func(accept string) http.Header, list string) op {
+		ops := []op{
+			get(base+"/studies?"+list, h("application/dicom+json")),
+			get(base+"/studies/"+st+"/series", h("application/dicom+json")),
+			get(base+"/studies/"+st+"/series/"+ds.instSeries+"/metadata", h(acceptMetadata)),
+			get(base+"/studies/"+st+"/series/"+ds.instSeries+"/instances/"+ds.instUID+"/frames/1", h(acceptFrames)),
+		}
+		return func(ctx context.Context, c *http.Client, buf []byte) (int64, error) {
+			var total int64
+			for _, o := range ops {
+				n, err := o(ctx, c, buf)
+				total += n
+				if err != nil {
+					return total, err
+				}
+			}
+			return total, nil
+		}
+	}
+	list := "limit=101&offset=0&fuzzymatching=false"
+	direct = steps(e.pacs.DICOMwebURL(), e.directHeader, list+"&PatientID="+url.QueryEscape(benchMRN))
+	gateway = steps(e.gw.url("/bench/dicomweb"), func(accept string) http.Header { return bearerHeader(e.token, accept) }, list)
+	return direct, gateway
 }
 
 // encodeQIDO encodes like the gateway does: commas stay commas.
