@@ -86,7 +86,8 @@ func (h *Handler) serveQIDO(w http.ResponseWriter, r *http.Request, p *authz.Pri
 		return h.fail(w, r, &problem{Status: http.StatusBadRequest, Code: "invalid",
 			Message: "an instance search needs a study: /studies/{uid}/instances or StudyInstanceUID={uid}"})
 	}
-	q := imagesource.Query{All: scope.All, PatientIDs: scope.PatientKeys, StudyUIDs: params.StudyUIDs}
+	q := imagesource.Query{All: scope.All, PatientIDs: scope.PatientKeys, StudyUIDs: params.StudyUIDs,
+		StudiesOnly: search.Level == dwroot.Studies}
 	if search.StudyUID != "" {
 		q.StudyUIDs = []string{search.StudyUID}
 	}
@@ -283,13 +284,11 @@ func (h *Handler) serveRootRetrieve(w http.ResponseWriter, r *http.Request, p *a
 	}
 	req := imagesource.Retrieval{Path: wp, PublicBase: h.publicBase(r) + "/dicomweb", StudyUID: wp.StudyUID,
 		PatientIDs: scope.PatientKeys, Unrestricted: p.Unrestricted, MaxRenderSize: h.maxRenderSize()}
-	var study *imagesource.Study
-	find := func() (*imagesource.Study, error) { return h.findStudy(r, req) }
+	find := func(studiesOnly bool) (*imagesource.Study, error) { return h.findStudy(r, req, studiesOnly) }
 	if !scope.All {
 		caller := p.Patient + "\x00" + p.TokenHash + "\x00" + h.route(r)
 		owned, err := h.owners.Owns(r.Context(), caller, wp.StudyUID, p.Expires, func(_ context.Context, _ string) (bool, error) {
-			st, err := find()
-			study = st
+			st, err := find(true)
 			return st != nil, err
 		})
 		if err != nil {
@@ -301,25 +300,25 @@ func (h *Handler) serveRootRetrieve(w http.ResponseWriter, r *http.Request, p *a
 	}
 	auditFrom(r).study = wp.StudyUID
 	if wp.Level() == wadopath.Study && wp.Resource == wadopath.Objects && studyzip.Wants(r) {
+		study, err := find(false)
+		if err != nil {
+			return h.fail(w, r, err)
+		}
 		if study == nil {
-			if study, err = find(); err != nil {
-				return h.fail(w, r, err)
-			}
-			if study == nil {
-				return h.fail(w, r, notFoundStudy())
-			}
+			return h.fail(w, r, notFoundStudy())
 		}
 		return h.serveZip(w, r, req, *study)
 	}
 	return h.runRetrieve(w, r, req)
 }
 
-// findStudy looks the study of req up in the source, for its patient's
+// findStudy looks the study of req up in the source (its attributes only
+// when studiesOnly), for its patient's
 // keys (any patient when req is unrestricted), and checks its PatientID
 // again. nil: no such study for this caller.
-func (h *Handler) findStudy(r *http.Request, req imagesource.Retrieval) (*imagesource.Study, error) {
+func (h *Handler) findStudy(r *http.Request, req imagesource.Retrieval, studiesOnly bool) (*imagesource.Study, error) {
 	start := time.Now()
-	q := imagesource.Query{All: req.Unrestricted, PatientIDs: req.PatientIDs, StudyUIDs: []string{req.StudyUID}}
+	q := imagesource.Query{All: req.Unrestricted, PatientIDs: req.PatientIDs, StudyUIDs: []string{req.StudyUID}, StudiesOnly: studiesOnly}
 	if req.Unrestricted && len(req.PatientIDs) > 0 {
 		q.All = false
 	}
@@ -339,7 +338,7 @@ func (h *Handler) findStudy(r *http.Request, req imagesource.Retrieval) (*images
 // zipStudy answers a study retrieve asking for application/zip (on the
 // SMART endpoint: the study token already named the study).
 func (h *Handler) zipStudy(w http.ResponseWriter, r *http.Request, req imagesource.Retrieval) error {
-	study, err := h.findStudy(r, req)
+	study, err := h.findStudy(r, req, false)
 	if err != nil {
 		return h.fail(w, r, err)
 	}
