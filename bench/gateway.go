@@ -78,6 +78,7 @@ func (c gatewayConfig) caddyfile() string {
 			}
 			study_token_key {env.%[10]s}
 			base_url http://127.0.0.1:%[11]d/%[1]s%[12]s
+			dicomweb_root
 		}
 	}
 `, prefix, c.ehrFHIRBase, c.clientID, envClientSecret, mrnSystem, extra,

@@ -393,6 +393,7 @@ func (e *env) endpoints() []endpoint {
 	}
 	openD := seq(get(pacs+"/studies/"+st+"/series"+seriesQuery, jsonH), metaD, frameD)
 	openG := seq(cachedSearch, cachedMeta, get(e.cachedWADO[st]+frames, bearerHeader(e.token, acceptFrames)))
+	ohifD, ohifG := e.ohifFirstImage()
 	return []endpoint{
 		{Name: "qido-studies", Label: "QIDO studies?PatientID (1 call, reference)", Direct: studyOp},
 		{Name: "search", Label: fmt.Sprintf("search: %d QIDO direct vs ImagingStudy", 1+len(ds.studies)), Direct: searchSet, Gateway: search, Target: 0.85},
@@ -405,7 +406,42 @@ func (e *env) endpoints() []endpoint {
 		{Name: "cached-reval", Label: "study metadata, revalidated on every request (ttl 1ns)", Direct: metaD, Gateway: revalMeta},
 		{Name: "cached-many", Label: fmt.Sprintf("study metadata (%d inst), metadata_cache", manyInstances), Direct: manyD, Gateway: manyCached, Target: 2, AlsoAt1: true},
 		{Name: "viewer-open", Label: "viewer open: series + metadata + frame (p50 = time to first frame)", Direct: openD, Gateway: openG},
+		{Name: "ohif-first-image", Label: "OHIF first image: QIDO studies, series, series metadata, frame 1 (4 calls)", Direct: ohifD, Gateway: ohifG},
 	}
+}
+
+// ohifFirstImage is what OHIF requests before it shows a study's first
+// image, one after the other: the study list, the study's series, the
+// first series' metadata and its first instance's first frame. Direct:
+// from Orthanc (the study list filtered by the patient's PatientID, as a
+// patient-bound viewer would need); gateway: through the route's
+// patient-scoped DICOMweb root with the access token.
+func (e *env) ohifFirstImage() (direct, gateway op) {
+	ds := e.ds
+	st := ds.wadoStudy
+	steps := func(base string, h func(accept string) http.Header, list string) op {
+		ops := []op{
+			get(base+"/studies?"+list, h("application/dicom+json")),
+			get(base+"/studies/"+st+"/series", h("application/dicom+json")),
+			get(base+"/studies/"+st+"/series/"+ds.instSeries+"/metadata", h(acceptMetadata)),
+			get(base+"/studies/"+st+"/series/"+ds.instSeries+"/instances/"+ds.instUID+"/frames/1", h(acceptFrames)),
+		}
+		return func(ctx context.Context, c *http.Client, buf []byte) (int64, error) {
+			var total int64
+			for _, o := range ops {
+				n, err := o(ctx, c, buf)
+				total += n
+				if err != nil {
+					return total, err
+				}
+			}
+			return total, nil
+		}
+	}
+	list := "limit=101&offset=0&fuzzymatching=false"
+	direct = steps(e.pacs.DICOMwebURL(), e.directHeader, list+"&PatientID="+url.QueryEscape(benchMRN))
+	gateway = steps(e.gw.url("/bench/dicomweb"), func(accept string) http.Header { return bearerHeader(e.token, accept) }, list)
+	return direct, gateway
 }
 
 // encodeQIDO encodes like the gateway does: commas stay commas.

@@ -57,6 +57,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			lookup_until <RFC 3339 instant | duration after start>
 //			retrieve_until <RFC 3339 instant | duration after start>
 //		}
+//		dicomweb_root
 //		dynamic_config {
 //			allow_hosts <host[:port]>...
 //			allow_ehr_hosts <host[:port]>...
@@ -154,6 +155,7 @@ func (h *Handler) subdirectives() subdirectives {
 			h.Delay = c
 			return nil
 		}},
+		{"dicomweb_root", h.parseDICOMwebRoot},
 		{"dynamic_config", func(d *caddyfile.Dispenser) error {
 			if h.Dynamic != nil {
 				return d.Err("dynamic_config is already set for this route")

@@ -24,6 +24,7 @@ import (
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/imagesource/metacache"
 	"github.com/smart-imaging/smart_imaging/internal/delay"
+	"github.com/smart-imaging/smart_imaging/internal/dwroot"
 )
 
 func init() {
@@ -99,6 +100,11 @@ type Handler struct {
 	// default size) to 65535.
 	MaxRenderSize int `json:"max_render_size,omitempty"`
 
+	// DICOMwebRoot serves a patient-scoped DICOMweb root at
+	// {route}/dicomweb/: QIDO-RS bound to the caller's patient and WADO-RS
+	// of the patient's studies. Off by default.
+	DICOMwebRoot bool `json:"dicomweb_root,omitempty"`
+
 	// Delay answers searches and WADO-RS retrieves 503 with Retry-After
 	// until the instants it names: for testing clients against a slow
 	// archive.
@@ -109,6 +115,7 @@ type Handler struct {
 	MetadataCache *MetadataCacheConfig `json:"metadata_cache,omitempty"`
 
 	gate       *delay.Gate
+	owners     *dwroot.Owners
 	authorizer authz.Authorizer
 	source     imagesource.Source
 	metaCache  *metacache.Source
@@ -255,6 +262,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.ttl == 0 {
 		h.ttl = time.Hour
 	}
+	if h.DICOMwebRoot {
+		h.owners = dwroot.NewOwners(ownerCacheTTL, ownerCacheMax)
+	}
 	if err := h.provisionDelay(); err != nil {
 		return err
 	}
@@ -383,6 +393,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveReady(w, r)
 	case strings.HasPrefix(path, "/wado/"):
 		return h.serveWADO(w, r, strings.TrimPrefix(path, "/wado/"))
+	case strings.HasPrefix(path, "/dicomweb/") && h.DICOMwebRoot:
+		return h.serveDICOMwebRoot(w, r, strings.TrimPrefix(path, "/dicomweb/"))
 	case strings.HasPrefix(path, "/dyn/") && h.dynamic != nil:
 		return h.serveDynamic(w, r, strings.TrimPrefix(path, "/dyn/"))
 	}

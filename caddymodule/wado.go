@@ -7,6 +7,8 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/authz/studytoken"
 	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/imagesource/byterange"
+	"github.com/smart-imaging/smart_imaging/imagesource/studyzip"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
 )
 
@@ -64,11 +66,15 @@ func (h *Handler) serveWADO(w http.ResponseWriter, r *http.Request, rest string)
 			}
 		}
 
+		if wp.Level() == wadopath.Study && wp.Resource == wadopath.Objects && studyzip.Wants(r) {
+			return h.zipStudy(w, r, req)
+		}
+
 		start := time.Now()
 		defer func() {
 			metricSourceDuration.WithLabelValues(h.metricRoute(r), "retrieve").Observe(time.Since(start).Seconds())
 		}()
-		err = h.source.Retrieve(w, r, req)
+		err = h.source.Retrieve(byterange.Wrap(w, r), r, req)
 		if err != nil {
 			if _, ok := imagesource.AsError(err); ok {
 				return h.fail(w, r, err)

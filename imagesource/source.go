@@ -46,6 +46,10 @@ type Query struct {
 	PatientIDs []pacskey.PatientKey
 	// StudyUIDs, when not empty, restricts the answer to these studies.
 	StudyUIDs []string
+	// StudiesOnly says the caller needs the studies' attributes only (a
+	// QIDO-RS study list, an ownership check): a source may then leave
+	// Study.Series empty and save its series queries.
+	StudiesOnly bool
 }
 
 // Study is one study as a source found it.

@@ -223,7 +223,7 @@ func TestCORS(t *testing.T) {
 		"400 bad WADO path": addr + "/studies/" + uid + "/series/abc",
 	} {
 		t.Run(name+" carries CORS headers", func(t *testing.T) {
-			resp, body := corsDo(t, tc, http.MethodGet, u, "Origin", corsViewer, "Accept", "application/zip", "Authorization", "Bearer some-token")
+			resp, body := corsDo(t, tc, http.MethodGet, u, "Origin", corsViewer, "Accept", "application/pdf", "Authorization", "Bearer some-token")
 			if resp.StatusCode < 400 {
 				t.Fatalf("status %d, want an error", resp.StatusCode)
 			}

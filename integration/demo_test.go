@@ -461,7 +461,7 @@ func TestDemoRefusals(t *testing.T) {
 	}
 
 	t.Run("unsupported Accept is 406", func(t *testing.T) {
-		body := get(t, tc, addr+"/studies/"+uid, "application/zip", http.StatusNotAcceptable, "application/fhir+json")
+		body := get(t, tc, addr+"/studies/"+uid, "application/pdf", http.StatusNotAcceptable, "application/fhir+json")
 		if !strings.Contains(string(body), "OperationOutcome") {
 			t.Errorf("406 body: %s", body)
 		}

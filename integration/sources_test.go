@@ -575,10 +575,11 @@ var sourcesBehaviours = []sourcesBehaviour{
 		}
 		return obs
 	}},
-	{"Accept: application/zip on a study is 406", func(t *testing.T, tc *caddytest.Tester, c sourcesCorpus, s *sourceUnderTest) observation {
+	{"Accept: application/pdf on a study is 406", func(t *testing.T, tc *caddytest.Tester, c sourcesCorpus, s *sourceUnderTest) observation {
 		obs := observation{}
 		for uid, addr := range s.patient.endpoints {
-			obs[uid] = statusOf(t, tc, addr+"/studies/"+uid, "application/zip", http.StatusNotAcceptable)
+			// (application/zip is a download: TestDICOMwebRoot.)
+			obs[uid] = statusOf(t, tc, addr+"/studies/"+uid, "application/pdf", http.StatusNotAcceptable)
 		}
 		return obs
 	}},

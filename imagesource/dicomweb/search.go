@@ -157,6 +157,9 @@ func (s *Source) FindStudies(ctx context.Context, q imagesource.Query) ([]images
 		s.logger.Info("studies dropped by the exact PatientID check", zap.Int("dropped", dropped), zap.Int("kept", len(studies)))
 	}
 
+	if q.StudiesOnly {
+		return studies, nil
+	}
 	// The series of every study, concurrently.
 	seriesQuery := url.Values{}
 	seriesQuery.Set("includefield", strings.Join(seriesFields, ","))

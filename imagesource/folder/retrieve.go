@@ -1,6 +1,7 @@
 package folder
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -235,7 +236,11 @@ func (s *Source) serveMetadata(w http.ResponseWriter, r *http.Request, base stri
 	if isHead(r) {
 		return nil
 	}
-	if _, err := io.WriteString(w, "["); err != nil {
+	// Instances go out in chunks of metadataChunk bytes, not one by one:
+	// a response encoder (Caddy's encode) decides whether to compress on
+	// the first write, and a lone "[" is too short to be compressed.
+	bw := bufio.NewWriterSize(w, metadataChunk)
+	if _, err := bw.WriteString("["); err != nil {
 		return fmt.Errorf("folder image source: send metadata: %w", err)
 	}
 	for i, inst := range insts {
@@ -247,20 +252,31 @@ func (s *Source) serveMetadata(w http.ResponseWriter, r *http.Request, base stri
 			if b, err = s.metadata(base, inst); err != nil {
 				return err
 			}
-			if _, err := io.WriteString(w, ","); err != nil {
+			if _, err := bw.WriteString(","); err != nil {
 				return fmt.Errorf("folder image source: send metadata: %w", err)
 			}
 		}
-		if _, err := w.Write(b); err != nil {
+		if _, err := bw.Write(b); err != nil {
 			return fmt.Errorf("folder image source: send metadata: %w", err)
 		}
-		flush(w)
+		if bw.Buffered() >= metadataChunk/2 {
+			if err := bw.Flush(); err != nil {
+				return fmt.Errorf("folder image source: send metadata: %w", err)
+			}
+			flush(w)
+		}
 	}
-	if _, err := io.WriteString(w, "]"); err != nil {
+	if _, err := bw.WriteString("]"); err != nil {
+		return fmt.Errorf("folder image source: send metadata: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
 		return fmt.Errorf("folder image source: send metadata: %w", err)
 	}
 	return nil
 }
+
+// metadataChunk is the size of the metadata chunks written to the client.
+const metadataChunk = 32 << 10
 
 // pixels reads native frames of one instance.
 type pixels struct {
