@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -111,6 +112,20 @@ type Error = httpproblem.Problem
 func Unauthorized(msg string, cause error) *Error {
 	return &Error{Status: http.StatusUnauthorized, Code: "login", Message: msg, Err: cause,
 		Challenge: `Bearer error="invalid_token", error_description="` + sanitizeHeader(msg) + `"`}
+}
+
+// ErrExpired is wrapped by the 401 CheckExpiry returns.
+var ErrExpired = errors.New("access token expired")
+
+// CheckExpiry refuses a principal whose access token has expired at now
+// (401, WWW-Authenticate: Bearer error="invalid_token"). It runs on every
+// request, cached principals included; a zero Expires (unknown, checked
+// at the authorization server on each request) passes.
+func CheckExpiry(p *Principal, now time.Time) error {
+	if p == nil || p.Expires.IsZero() || now.Before(p.Expires) {
+		return nil
+	}
+	return Unauthorized("the access token has expired", ErrExpired)
 }
 
 // Forbidden is a 403 for a caller who may not see what it asked for.

@@ -161,7 +161,7 @@ func (m *SmartAuthz) EHRBaseURL() string { return m.impl.FHIRBaseURL() }
 //		accept_scopes          <scope>...
 //		mrn_system             <system>...
 //		patient_lookup_token   backend|caller
-//		cache_ttl              <duration>
+//		cache_ttl              <duration>   (0: introspect every request)
 //		inactive_cache_ttl     <duration>
 //		cache_size             <n>
 //		timeout                <duration>
@@ -266,7 +266,7 @@ func (m *SmartAuthz) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 		case "cache_ttl":
-			err = dur(&m.CacheTTL)
+			err = parseCacheTTL(d, &m.Config)
 		case "inactive_cache_ttl":
 			err = dur(&m.InactiveCacheTTL)
 		case "timeout":
@@ -287,6 +287,22 @@ func (m *SmartAuthz) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// parseCacheTTL reads cache_ttl <duration>: zero is allowed (no token
+// cache: every request is checked at the EHR, for immediate revocation).
+func parseCacheTTL(d *caddyfile.Dispenser, c *smart.Config) error {
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return d.ArgErr()
+	}
+	v, err := caddy.ParseDuration(args[0])
+	if err != nil || v < 0 {
+		return d.Errf("cache_ttl: %q is not a duration of zero or more", args[0])
+	}
+	ttl := caddy.Duration(v)
+	c.CacheTTL = &ttl
 	return nil
 }
 

@@ -57,7 +57,7 @@ func TestSmartAuthzCaddyfile(t *testing.T) {
 		len(c.Audience) != 2 || c.Issuer != "https://ehr.example.org/oauth2" || c.PatientClaim != "fhirUser" ||
 		!slices.Equal(c.AcceptScopes, []string{"patient/DiagnosticReport.read"}) ||
 		!slices.Equal(c.MRNSystem, []string{"http://hospital.example.org/mrn", "urn:oid:1.2.3"}) ||
-		c.PatientLookupToken != "caller" || time.Duration(c.CacheTTL) != 2*time.Minute ||
+		c.PatientLookupToken != "caller" || c.CacheTTL == nil || time.Duration(*c.CacheTTL) != 2*time.Minute ||
 		time.Duration(c.InactiveCacheTTL) != 5*time.Second || c.CacheSize != 500 || time.Duration(c.Timeout) != 3*time.Second {
 		t.Fatalf("parsed %+v", c)
 	}

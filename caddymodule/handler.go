@@ -436,6 +436,10 @@ func (h *Handler) authorize(r *http.Request) (*authz.Principal, error) {
 	p, err := h.authorizer.Authorize(ar)
 	metricAuthzDuration.WithLabelValues(h.metricRoute(r)).Observe(time.Since(start).Seconds())
 	if err == nil {
+		// Whatever the authorizer cached, an expired token stops here.
+		err = authz.CheckExpiry(p, time.Now())
+	}
+	if err == nil {
 		setPrincipal(r, p)
 	}
 	return p, err

@@ -123,6 +123,11 @@ func (h *Handler) searchBundle(r *http.Request, p *authz.Principal, studies []im
 	if !p.Expires.IsZero() && p.Expires.Before(exp) {
 		exp = p.Expires
 	}
+	if exp.Unix() <= now.Unix() {
+		// Study tokens count whole seconds: a token in its last second
+		// cannot carry one.
+		return nil, authz.Unauthorized("the access token has expired", authz.ErrExpired)
+	}
 	route := h.route(r)
 	type entry struct {
 		study    fhir.ImagingStudy

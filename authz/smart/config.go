@@ -119,8 +119,12 @@ type Config struct {
 	PatientLookupToken string `json:"patient_lookup_token,omitempty"`
 
 	// CacheTTL bounds how long a token's validation (and a patient's PACS
-	// keys) is reused; never beyond the token's exp. Default 5m.
-	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
+	// keys) is reused; never beyond the token's exp. It is also how long a
+	// token whose introspection carries no exp is taken to live. Unset:
+	// 5m. Zero: every request introspects its token (concurrent requests
+	// with one token still share one call), so a revoked token stops
+	// working at once; patient keys are then cached for the default 5m.
+	CacheTTL *caddy.Duration `json:"cache_ttl,omitempty"`
 	// InactiveCacheTTL is how long a refusal (inactive, expired, foreign
 	// token) is remembered. Default 10s.
 	InactiveCacheTTL caddy.Duration `json:"inactive_cache_ttl,omitempty"`
@@ -181,7 +185,7 @@ func (c Config) settings() (*settings, error) {
 		scope:        strings.TrimSpace(c.Scope),
 		issuer:       c.Issuer,
 		acceptScopes: c.AcceptScopes,
-		cacheTTL:     time.Duration(c.CacheTTL),
+		cacheTTL:     DefaultCacheTTL,
 		inactiveTTL:  time.Duration(c.InactiveCacheTTL),
 		cacheSize:    c.CacheSize,
 		timeout:      time.Duration(c.Timeout),
@@ -214,8 +218,11 @@ func (c Config) settings() (*settings, error) {
 	if s.scope == "" {
 		s.scope = DefaultScope
 	}
-	if s.cacheTTL <= 0 {
-		s.cacheTTL = DefaultCacheTTL
+	if c.CacheTTL != nil {
+		if *c.CacheTTL < 0 {
+			return nil, errors.New("cache_ttl must not be negative")
+		}
+		s.cacheTTL = time.Duration(*c.CacheTTL)
 	}
 	if s.inactiveTTL <= 0 {
 		s.inactiveTTL = DefaultInactiveCacheTTL
@@ -410,4 +417,14 @@ func keyFitsAlg(key jwk.Key, alg jwa.SignatureAlgorithm) bool {
 		return raw.Curve == want
 	}
 	return false
+}
+
+// patientTTL is how long a patient's PACS keys are cached: cache_ttl, or
+// the default when cache_ttl 0 turns the token cache off (revocation
+// concerns tokens, not a patient's identifiers).
+func (s *settings) patientTTL() time.Duration {
+	if s.cacheTTL <= 0 {
+		return DefaultCacheTTL
+	}
+	return s.cacheTTL
 }

@@ -99,7 +99,7 @@ func (a *Authorizer) patientEntry(ctx context.Context, p *authz.Principal) (*pat
 		}
 		if cache {
 			now := a.now()
-			ttl := a.s.cacheTTL
+			ttl := a.s.patientTTL()
 			if e.deny != nil {
 				ttl = a.s.inactiveTTL
 			}

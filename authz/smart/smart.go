@@ -36,6 +36,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwk"
@@ -62,6 +63,7 @@ type Authorizer struct {
 	now        func() time.Time
 
 	group     singleflight.Group
+	waiting   atomic.Int64 // callers waiting in flight, for tests
 	tokens    *ttlCache[*tokenEntry]
 	callerTok *ttlCache[callerToken] // by authz.HashToken, patient_lookup_token caller only
 	patients  *ttlCache[*patientEntry]
@@ -225,7 +227,16 @@ func (a *Authorizer) decide(r *http.Request, e *tokenEntry) (*authz.Principal, e
 	if deny := a.audienceDeny(r.Context(), e.aud); deny != nil {
 		return nil, deny
 	}
-	return e.result()
+	p, err := e.result()
+	if err != nil {
+		return nil, err
+	}
+	// A cached decision is as good as the token's exp: checked on every
+	// request, whatever the cache holds.
+	if err := authz.CheckExpiry(p, a.now()); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // audienceDeny checks an introspected audience. The introspection answer
@@ -275,7 +286,16 @@ func (a *Authorizer) store(key, token string, e *tokenEntry) {
 	}
 	a.tokens.put(key, e, exp, now)
 	if a.callerTok != nil {
-		a.callerTok.put(e.principal.TokenHash, callerToken{token: token, patient: e.principal.Patient}, exp, now)
+		// The patient lookup right after this needs the caller's token,
+		// even when cache_ttl 0 keeps no decision.
+		callerExp := exp
+		if a.s.cacheTTL <= 0 {
+			callerExp = now.Add(time.Minute)
+			if p := e.principal; !p.Expires.IsZero() && p.Expires.Before(callerExp) {
+				callerExp = p.Expires
+			}
+		}
+		a.callerTok.put(e.principal.TokenHash, callerToken{token: token, patient: e.principal.Patient}, callerExp, now)
 	}
 }
 
@@ -322,7 +342,10 @@ func (a *Authorizer) checkIntrospected(c *claims) *authz.Error {
 	switch {
 	case !c.active:
 		return authz.Unauthorized("the access token is not active", nil)
-	case !c.exp.IsZero() && !now.Before(c.exp.Add(leeway)):
+	case !c.exp.IsZero() && !now.Before(c.exp):
+		// No leeway on exp: an authorization server answering active for
+		// a token past its own exp is not believed (IG: expired tokens
+		// are refused on every request).
 		return authz.Unauthorized("the access token has expired", nil)
 	case !c.nbf.IsZero() && now.Add(leeway).Before(c.nbf):
 		return authz.Unauthorized("the access token is not valid yet", nil)
@@ -353,9 +376,19 @@ func (a *Authorizer) principal(c *claims, hash string) (*authz.Principal, *authz
 		Scopes:           c.scopes,
 		ClientID:         c.clientID,
 		User:             user,
-		Expires:          c.exp,
+		Expires:          a.expiresOf(c),
 		TokenHash:        hash,
 	}, nil
+}
+
+// expiresOf is the token's exp or, when it has none, the time cache_ttl
+// from now: a token without exp is never taken to live forever. With
+// cache_ttl 0 it stays unknown (zero): every request is checked at the EHR.
+func (a *Authorizer) expiresOf(c *claims) time.Time {
+	if !c.exp.IsZero() || a.s.cacheTTL <= 0 {
+		return c.exp
+	}
+	return a.now().Add(a.s.cacheTTL)
 }
 
 func (a *Authorizer) acceptedScope(scopes []string) bool {
@@ -425,6 +458,8 @@ func failFields(fail *authz.Error) []zap.Field {
 func (a *Authorizer) flight(ctx context.Context, key string, fn func(context.Context) (any, error)) (any, error) {
 	detached := context.WithoutCancel(ctx)
 	ch := a.group.DoChan(key, func() (any, error) { return fn(detached) })
+	a.waiting.Add(1) // joined: counted only once DoChan has registered it
+	defer a.waiting.Add(-1)
 	select {
 	case r := <-ch:
 		if r.Err != nil {
