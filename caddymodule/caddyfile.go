@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/smart-imaging/smart_imaging/authz/studytoken"
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/internal/dynconfig"
 )
@@ -44,6 +45,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //		study_token_key <base64 32 bytes> [<previous key>...]
 //		study_token_ttl <duration>
+//		study_token_binding token|grant
 //		base_url <public url of this route>
 //		route_id <name>
 //		cors <origin>...|*
@@ -123,6 +125,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.StudyTokenTTL = caddy.Duration(dur)
 			if d.NextArg() {
 				return d.ArgErr()
+			}
+		case "study_token_binding":
+			if err := parseStudyTokenBinding(d, h); err != nil {
+				return err
 			}
 		case "base_url":
 			if !d.NextArg() {
@@ -240,7 +246,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("dynamic_config needs allow_hosts (or allow_ehr_hosts and allow_pacs_hosts): the EHR and PACS hosts dynamic configs may use")
 			}
 		default:
-			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, base_url, route_id, cors, max_render_size, delay, dynamic_config)", d.Val())
+			return d.Errf("unrecognized smart_imaging option '%s' (known: authz, images, study_token_key, study_token_ttl, study_token_binding, base_url, route_id, cors, max_render_size, delay, dynamic_config)", d.Val())
 		}
 	}
 	return nil
@@ -285,4 +291,17 @@ func knownKind(d *caddyfile.Dispenser, namespace, kind string) error {
 		kinds = append(kinds, m.ID.Name())
 	}
 	return d.Errf("%s %s: unknown kind (known: %s)", namespace[strings.LastIndex(namespace, ".")+1:], kind, strings.Join(kinds, ", "))
+}
+
+// parseStudyTokenBinding reads study_token_binding token|grant.
+func parseStudyTokenBinding(d *caddyfile.Dispenser, h *Handler) error {
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return d.ArgErr()
+	}
+	if _, err := studytoken.ParseBinding(args[0]); err != nil {
+		return d.Err(err.Error())
+	}
+	h.StudyTokenBinding = args[0]
+	return nil
 }

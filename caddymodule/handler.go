@@ -71,6 +71,12 @@ type Handler struct {
 	// token's expiry is known.
 	StudyTokenTTL caddy.Duration `json:"study_token_ttl,omitempty"`
 
+	// StudyTokenBinding is what a study token is bound to besides study,
+	// patient and route: "token" (default), the access token that
+	// searched, or "grant", its client_id, user and patient (addresses
+	// survive a token refresh).
+	StudyTokenBinding string `json:"study_token_binding,omitempty"`
+
 	// BaseURL is the public URL of this route (scheme, host and prefix, e.g.
 	// https://imaging.example.org/ehr). Empty: derived from each request
 	// (its scheme, Host and the prefix handle_path stripped).
@@ -109,6 +115,7 @@ type Handler struct {
 	lookup     imagesource.Lookup
 	keys       *studytoken.Keyring
 	ttl        time.Duration
+	binding    studytoken.Binding
 	baseURL    *url.URL
 	cors       *corsPolicy
 	dynamic    *dynamicTenants
@@ -217,6 +224,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.ttl == 0 {
 		h.ttl = time.Hour
 	}
+	if h.binding, err = studytoken.ParseBinding(h.StudyTokenBinding); err != nil {
+		return err
+	}
 	if err := h.provisionDelay(); err != nil {
 		return err
 	}
@@ -298,6 +308,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.StudyTokenTTL < 0 {
 		return errors.New("study_token_ttl must be positive")
+	}
+	if _, err := studytoken.ParseBinding(h.StudyTokenBinding); err != nil {
+		return err
 	}
 	if time.Duration(h.StudyTokenTTL) > 24*time.Hour {
 		return errors.New("study_token_ttl must be at most 24h: study tokens are credentials")

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smart-imaging/smart_imaging/authz"
 	"github.com/smart-imaging/smart_imaging/authz/studytoken"
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
@@ -37,7 +38,8 @@ func (h *Handler) serveWADO(w http.ResponseWriter, r *http.Request, rest string)
 			return h.fail(w, r, &problem{Status: http.StatusBadRequest, Code: "invalid", Message: err.Error()})
 		}
 
-		claims, err := h.keys.Check(token, time.Now(), studytoken.Presented{Route: h.route(r), Principal: p, StudyUID: wp.StudyUID})
+		claims, err := h.keys.Check(token, time.Now(), studytoken.Presented{Route: h.route(r), Principal: p, StudyUID: wp.StudyUID,
+			Binding: studytoken.BindingOf(h.binding, authz.BearerToken(r), p)})
 		if claims.StudyUID != "" {
 			auditFrom(r).study = claims.StudyUID
 		}

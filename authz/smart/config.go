@@ -9,12 +9,15 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
+
+	"github.com/smart-imaging/smart_imaging/internal/fhirid"
 )
 
 // Validation modes.
@@ -133,6 +136,25 @@ type Config struct {
 	CacheSize int `json:"cache_size,omitempty"`
 	// Timeout bounds each call to the EHR. Default 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// BackendClients are the SMART Backend Services clients this route
+	// serves, each with the patients it may see. A token with a system
+	// ImagingStudy scope and no patient in context is served only when
+	// its client_id is listed here; none listed: system scopes grant
+	// nothing.
+	BackendClients []BackendClient `json:"backend_clients,omitempty"`
+}
+
+// BackendClient is one SMART Backend Services client's pre-authorized
+// access: introspection tells who the client is, not what it may see.
+type BackendClient struct {
+	// ClientID is the client's client_id at the EHR.
+	ClientID string `json:"client_id"`
+	// Patients are the FHIR Patient ids it may see.
+	Patients []string `json:"patients,omitempty"`
+	// AllPatients lets it see any patient (it must still name one on
+	// every search).
+	AllPatients bool `json:"all_patients,omitempty"`
 }
 
 // signingKey is the gateway's private key for client assertions.
@@ -162,6 +184,7 @@ type settings struct {
 	inactiveTTL      time.Duration
 	cacheSize        int
 	timeout          time.Duration
+	backendClients   map[string]BackendClient
 }
 
 func checkURL(name, s string) (string, error) {
@@ -266,6 +289,10 @@ func (c Config) settings() (*settings, error) {
 		s.lookupToken = LookupTokenCaller
 	default:
 		return nil, fmt.Errorf(`patient_lookup_token must be "backend" or "caller", got %q`, c.PatientLookupToken)
+	}
+
+	if s.backendClients, err = checkBackendClients(c.BackendClients); err != nil {
+		return nil, err
 	}
 
 	for _, sys := range c.MRNSystem {
@@ -427,4 +454,32 @@ func (s *settings) patientTTL() time.Duration {
 		return DefaultCacheTTL
 	}
 	return s.cacheTTL
+}
+
+// checkBackendClients indexes the backend clients by client_id: each
+// named once, with patients (valid FHIR ids) or all_patients, not both.
+func checkBackendClients(list []BackendClient) (map[string]BackendClient, error) {
+	if len(list) == 0 {
+		return nil, nil
+	}
+	m := make(map[string]BackendClient, len(list))
+	for _, bc := range list {
+		if bc.ClientID == "" {
+			return nil, errors.New("backend_client: client_id is required")
+		}
+		if _, dup := m[bc.ClientID]; dup {
+			return nil, fmt.Errorf("backend_client %q is configured twice", bc.ClientID)
+		}
+		if bc.AllPatients == (len(bc.Patients) > 0) {
+			return nil, fmt.Errorf("backend_client %q needs either patients <id>... or all_patients", bc.ClientID)
+		}
+		for _, id := range bc.Patients {
+			if !fhirid.Valid(id) {
+				return nil, fmt.Errorf("backend_client %q: %q is not a FHIR Patient id", bc.ClientID, id)
+			}
+		}
+		bc.Patients = slices.Clone(bc.Patients)
+		m[bc.ClientID] = bc
+	}
+	return m, nil
 }

@@ -356,29 +356,76 @@ func (a *Authorizer) checkIntrospected(c *claims) *authz.Error {
 }
 
 // principal applies the scope and patient-context rules to valid claims.
+// A token with a patient in context is an App Launch token: it needs a
+// patient ImagingStudy scope and never gains system access. A token
+// without one is a Backend Services client: it needs a system
+// ImagingStudy scope and a backend_client entry (its pre-authorized
+// patients); a missing patient context is never system access on its own.
 func (a *Authorizer) principal(c *claims, hash string) (*authz.Principal, *authz.Error) {
-	if !authz.HasPatientReadScope(c.scopes, "ImagingStudy") && !a.acceptedScope(c.scopes) {
-		return nil, &authz.Error{Status: http.StatusForbidden, Code: "forbidden",
-			Message:   "the access token's scopes do not allow reading imaging for a patient (patient/ImagingStudy.rs or patient/ImagingStudy.read needed)",
-			Challenge: `Bearer error="insufficient_scope", error_description="patient-level ImagingStudy read needed", scope="patient/ImagingStudy.rs"`}
+	user := c.fhirUser
+	if user == "" {
+		user = c.sub
+	}
+	p := &authz.Principal{
+		Scopes:    c.scopes,
+		ClientID:  c.clientID,
+		User:      user,
+		Expires:   a.expiresOf(c),
+		TokenHash: hash,
+	}
+	if ref, _ := a.patientRef(c); ref == "" {
+		if deny := a.backendPrincipal(c, p); deny != nil {
+			return nil, deny
+		}
+		return p, nil
+	}
+	g := authz.ReadScopes(c.scopes, "patient", "ImagingStudy")
+	if !g.Granted && !a.acceptedScope(c.scopes) {
+		return nil, insufficientScope("patient", g.Ignored)
 	}
 	id, deny := a.patientOf(c)
 	if deny != nil {
 		return nil, deny
 	}
-	user := c.fhirUser
-	if user == "" {
-		user = c.sub
+	p.Patient, p.PatientReference = id, a.s.fhirBase+"/Patient/"+id
+	if g.Granted {
+		p.Modalities, p.IgnoredScopes = g.Modalities, g.Ignored
 	}
-	return &authz.Principal{
-		Patient:          id,
-		PatientReference: a.s.fhirBase + "/Patient/" + id,
-		Scopes:           c.scopes,
-		ClientID:         c.clientID,
-		User:             user,
-		Expires:          a.expiresOf(c),
-		TokenHash:        hash,
-	}, nil
+	return p, nil
+}
+
+// backendPrincipal fills p for a token without patient context: a
+// configured backend client with a system ImagingStudy scope, or a 403.
+func (a *Authorizer) backendPrincipal(c *claims, p *authz.Principal) *authz.Error {
+	g := authz.ReadScopes(c.scopes, "system", "ImagingStudy")
+	if !g.Granted {
+		if authz.ReadScopes(c.scopes, "patient", "ImagingStudy").Granted || a.acceptedScope(c.scopes) {
+			return authz.Forbidden("the access token has no patient in context; patient scopes need one (no patient context is never system access)")
+		}
+		return insufficientScope("system", g.Ignored)
+	}
+	if len(a.s.backendClients) == 0 {
+		return authz.Forbidden("the access token has no patient in context, and this route does not offer SMART Backend Services: system scopes grant nothing here (no backend_client is configured)")
+	}
+	bc, ok := a.s.backendClients[c.clientID]
+	if !ok || c.clientID == "" {
+		return authz.Forbidden("the access token has no patient in context, and its client is not a backend client of this route: its system scopes grant nothing here")
+	}
+	p.Backend = true
+	p.Patients, p.AllPatients = slices.Clone(bc.Patients), bc.AllPatients
+	p.Modalities, p.IgnoredScopes = g.Modalities, g.Ignored
+	return nil
+}
+
+// insufficientScope is the 403 for a token whose scopes grant no read of
+// ImagingStudy in context, naming scopes ignored for their query.
+func insufficientScope(context string, ignored []string) *authz.Error {
+	msg := "the access token's scopes do not allow reading imaging (" + context + "/ImagingStudy.rs or " + context + "/ImagingStudy.read needed)"
+	if len(ignored) > 0 {
+		msg += "; ignored for a query this server does not understand: " + strings.Join(ignored, " ")
+	}
+	return &authz.Error{Status: http.StatusForbidden, Code: "forbidden", Message: msg,
+		Challenge: `Bearer error="insufficient_scope", error_description="` + context + `-level ImagingStudy read needed", scope="` + context + `/ImagingStudy.rs"`}
 }
 
 // expiresOf is the token's exp or, when it has none, the time cache_ttl
@@ -403,7 +450,21 @@ func (a *Authorizer) acceptedScope(scopes []string) bool {
 // patientOf finds the patient in context: the "patient" claim, or per
 // patient_claim a fhirUser naming a Patient, or sub.
 func (a *Authorizer) patientOf(c *claims) (string, *authz.Error) {
-	ref, source := c.patient, "patient"
+	ref, source := a.patientRef(c)
+	if ref == "" {
+		return "", authz.Forbidden("the access token has no patient in context; this server only grants patient-level access")
+	}
+	id, ok := authz.PatientIDFromReference(ref, a.s.fhirBase)
+	if !ok || !fhirid.Valid(id) {
+		return "", authz.Forbidden("the access token's " + source + " does not name a Patient of this EHR")
+	}
+	return id, nil
+}
+
+// patientRef is where the patient in context comes from, and its value
+// ("" when the token has none).
+func (a *Authorizer) patientRef(c *claims) (ref, source string) {
+	ref, source = c.patient, "patient"
 	if ref == "" {
 		switch a.s.patientClaim {
 		case "fhirUser":
@@ -414,14 +475,7 @@ func (a *Authorizer) patientOf(c *claims) (string, *authz.Error) {
 			ref, source = c.sub, "sub"
 		}
 	}
-	if ref == "" {
-		return "", authz.Forbidden("the access token has no patient in context; this server only grants patient-level access")
-	}
-	id, ok := authz.PatientIDFromReference(ref, a.s.fhirBase)
-	if !ok || !fhirid.Valid(id) {
-		return "", authz.Forbidden("the access token's " + source + " does not name a Patient of this EHR")
-	}
-	return id, nil
+	return ref, source
 }
 
 // namesPatient reports whether a fhirUser value is a Patient reference:
