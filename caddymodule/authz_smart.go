@@ -165,6 +165,9 @@ func (m *SmartAuthz) EHRBaseURL() string { return m.impl.FHIRBaseURL() }
 //		inactive_cache_ttl     <duration>
 //		cache_size             <n>
 //		timeout                <duration>
+//		backend_client <client_id> {
+//			patients <FHIR Patient id>...   # or: all_patients
+//		}
 //	}
 //
 // fhir_base_url may also be given inline: authz smart-on-fhir <url> { … }.
@@ -267,6 +270,8 @@ func (m *SmartAuthz) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "cache_ttl":
 			err = parseCacheTTL(d, &m.Config)
+		case "backend_client":
+			err = parseBackendClient(d, &m.Config)
 		case "inactive_cache_ttl":
 			err = dur(&m.InactiveCacheTTL)
 		case "timeout":
@@ -281,7 +286,7 @@ func (m *SmartAuthz) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				m.CacheSize = n
 			}
 		default:
-			return d.Errf("unrecognized authz smart-on-fhir option '%s' (known: fhir_base_url, client_id, private_key, private_key_alg, private_key_id, client_secret, scope, validation, introspection_endpoint, token_endpoint, jwks_url, audience, issuer, patient_claim, accept_scopes, mrn_system, patient_lookup_token, cache_ttl, inactive_cache_ttl, cache_size, timeout)", opt)
+			return d.Errf("unrecognized authz smart-on-fhir option '%s' (known: fhir_base_url, client_id, private_key, private_key_alg, private_key_id, client_secret, scope, validation, introspection_endpoint, token_endpoint, jwks_url, audience, issuer, patient_claim, accept_scopes, mrn_system, patient_lookup_token, cache_ttl, inactive_cache_ttl, cache_size, timeout, backend_client)", opt)
 		}
 		if err != nil {
 			return err
@@ -303,6 +308,43 @@ func parseCacheTTL(d *caddyfile.Dispenser, c *smart.Config) error {
 	}
 	ttl := caddy.Duration(v)
 	c.CacheTTL = &ttl
+	return nil
+}
+
+// parseBackendClient reads one SMART Backend Services client and whom it
+// may see:
+//
+//	backend_client <client_id> {
+//		patients <FHIR Patient id>...
+//		all_patients
+//	}
+func parseBackendClient(d *caddyfile.Dispenser, c *smart.Config) error {
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return d.ArgErr()
+	}
+	bc := smart.BackendClient{ClientID: args[0]}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch opt := d.Val(); opt {
+		case "patients":
+			ids := d.RemainingArgs()
+			if len(ids) == 0 {
+				return d.ArgErr()
+			}
+			bc.Patients = append(bc.Patients, ids...)
+		case "all_patients":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			bc.AllPatients = true
+		default:
+			return d.Errf("unrecognized backend_client option '%s' (known: patients, all_patients)", opt)
+		}
+	}
+	if bc.AllPatients == (len(bc.Patients) > 0) {
+		return d.Errf("backend_client %s: give either patients <id>... or all_patients", bc.ClientID)
+	}
+	c.BackendClients = append(c.BackendClients, bc)
 	return nil
 }
 

@@ -37,6 +37,17 @@ func (h *Handler) serveSearch(w http.ResponseWriter, r *http.Request) error {
 		if !p.Unrestricted && len(sp.Patients) == 0 && len(sp.PatientIdentifiers) == 0 {
 			return h.fail(w, r, authz.Forbidden("this route needs ?patient= naming the patient in context"))
 		}
+		if p.Backend {
+			// A backend client acts for the patient its search names.
+			var idents []authz.Token
+			for _, t := range sp.PatientIdentifiers {
+				idents = append(idents, authz.Token(t))
+			}
+			if p, err = authz.ActFor(r.Context(), h.authorizer, p, sp.Patients, idents, h.fhirBase()); err != nil {
+				return h.fail(w, r, err)
+			}
+			setPrincipal(r, p)
+		}
 		for _, v := range sp.Patients {
 			if err := authz.CheckPatientParam(p, v, h.fhirBase()); err != nil {
 				return h.fail(w, r, err)

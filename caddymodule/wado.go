@@ -58,6 +58,13 @@ func (h *Handler) serveWADO(w http.ResponseWriter, r *http.Request, rest string)
 
 		req := imagesource.Retrieval{Path: wp, PublicBase: h.publicBase(r) + "/wado/" + token,
 			StudyUID: claims.StudyUID, Unrestricted: p.Unrestricted, MaxRenderSize: h.maxRenderSize()}
+		if p.Backend {
+			// Check let the study's patient through: act for it.
+			if p, err = p.ForPatient(claims.Patient, ""); err != nil {
+				return h.fail(w, r, err)
+			}
+			setPrincipal(r, p)
+		}
 		if !p.Unrestricted {
 			// What the source serves is checked against the patient's
 			// PACS keys (cached by the authorizer), not only its path.

@@ -48,7 +48,13 @@ func BindingOf(mode Binding, bearer string, p *authz.Principal) string {
 		return ""
 	}
 	if mode == BindGrant {
-		return "grant\x00" + p.ClientID + "\x00" + p.User + "\x00" + p.Patient
+		patient := p.Patient
+		if p.Backend {
+			// A backend grant has no patient; the study token's own
+			// patient claim binds the patient.
+			patient = ""
+		}
+		return "grant\x00" + p.ClientID + "\x00" + p.User + "\x00" + patient
 	}
 	if bearer == "" {
 		return ""

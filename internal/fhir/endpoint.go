@@ -20,8 +20,8 @@ func WADOEndpoint(id, address string, requiresToken bool) Endpoint {
 		}
 	}
 	return Endpoint{
-		ID:        id,
-		Extension: ext,
+		ID:             id,
+		Extension:      ext,
 		Status:         "active",
 		ConnectionType: Coding{System: SystemConnectionType, Code: "dicom-wado-rs"},
 		PayloadType: []CodeableConcept{{
