@@ -59,7 +59,8 @@ const (
 // caddyfile is the gateway's configuration: three routes on one site, all
 // authorizing with the test EHR (introspection, client_secret_basic):
 // /bench fronts Orthanc directly (the measured route), /count fronts it
-// through the counting proxy, /ttl is /bench with a 1 s decision cache.
+// through the counting proxy, /ttl is /bench with a 1 s decision cache,
+// /nocache is /bench with cache_ttl 0 (every request introspected).
 // /plain is a bare reverse_proxy to Orthanc (no module, no authorization):
 // the cost of Caddy's proxying alone.
 func (c gatewayConfig) caddyfile() string {
@@ -125,11 +126,12 @@ func (c gatewayConfig) caddyfile() string {
 }
 
 http://127.0.0.1:%d {
-%s%s%s%s%s%s}
+%s%s%s%s%s%s%s}
 `, c.adminPort, c.port, c.port,
 		route("bench", c.pacsURL, ""),
 		route("count", c.countURL, ""),
 		route("ttl", c.pacsURL, "\n\t\t\t\tcache_ttl 1s"),
+		route("nocache", c.pacsURL, "\n\t\t\t\tcache_ttl 0"),
 		plain, dimse("dimse", dimseCacheSize), dimse("dimse-small", dimseSmallCacheSize))
 }
 

@@ -68,7 +68,9 @@ type env struct {
 	pids    cpuPIDs
 	token   string
 	wado    map[string]string // study UID → gateway WADO-RS base (/bench route)
-	res     *results
+	// wadoNoCache is the same on the /nocache route (cache_ttl 0).
+	wadoNoCache map[string]string
+	res         *results
 }
 
 func run(ctx context.Context, o options) (err error) {
@@ -177,6 +179,10 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if len(e.wado) != len(e.ds.studies) {
 		return fmt.Errorf("the gateway's search found %d studies of the bench patient, want %d", len(e.wado), len(e.ds.studies))
+	}
+
+	if e.wadoNoCache, err = e.discover(ctx, "nocache", benchPatient, e.token); err != nil {
+		return err
 	}
 
 	eps := e.endpoints()
@@ -355,6 +361,9 @@ func (e *env) endpoints() []endpoint {
 		{Name: "wado-instance", Label: "WADO instance (512x512 CT)", Direct: instD, Gateway: instG, Caddy: instC, Target: 0.90},
 		{Name: "wado-frames", Label: "WADO frames/1 (256x256)", Direct: frameD, Gateway: frameG, Caddy: frameC, Target: 0.85},
 		{Name: "wado-metadata", Label: "WADO study metadata", Direct: metaD, Gateway: metaG, Caddy: metaC, Target: 0.85},
+		// The cost of immediate revocation: every request introspected.
+		{Name: "wado-frames-nocache", Label: "WADO frames/1, cache_ttl 0 (introspection per request)", Direct: frameD,
+			Gateway: get(e.wadoNoCache[st]+frames, bearerHeader(e.token, acceptFrames))},
 	}
 }
 

@@ -40,8 +40,7 @@ const bindingLabel = "smart-imaging study token binding v1"
 
 // BindingOf is the material a study token is bound to under mode: the
 // bearer token, or the principal's grant. It is empty for an unrestricted
-// principal (an open route needs no token) and for a token-bound mode
-// without a bearer. It holds the token: hash it (Keyring.Bind), never
+// principal (an open route needs no token). It holds the token: hash it (Keyring.Bind), never
 // store or log it.
 func BindingOf(mode Binding, bearer string, p *authz.Principal) string {
 	if p == nil || p.Unrestricted {
@@ -56,9 +55,8 @@ func BindingOf(mode Binding, bearer string, p *authz.Principal) string {
 		}
 		return "grant\x00" + p.ClientID + "\x00" + p.User + "\x00" + patient
 	}
-	if bearer == "" {
-		return ""
-	}
+	// Without a bearer (authz mock) the token is bound to presenting
+	// none: a request with a bearer does not match it.
 	return "token\x00" + bearer
 }
 
