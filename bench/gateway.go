@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -59,12 +60,14 @@ const (
 // caddyfile is the gateway's configuration: three routes on one site, all
 // authorizing with the test EHR (introspection, client_secret_basic):
 // /bench fronts Orthanc directly (the measured route), /count fronts it
-// through the counting proxy, /ttl is /bench with a 1 s decision cache,
+// through the counting proxy (study tokens bound to the grant, so the
+// fresh-token burst can use an address another token of the same grant
+// searched for), /ttl is /bench with a 1 s decision cache,
 // /nocache is /bench with cache_ttl 0 (every request introspected).
 // /plain is a bare reverse_proxy to Orthanc (no module, no authorization):
 // the cost of Caddy's proxying alone.
 func (c gatewayConfig) caddyfile() string {
-	route := func(prefix, pacs, extra string) string {
+	route := func(prefix, pacs, extra string, handlerExtra ...string) string {
 		return fmt.Sprintf(`	handle_path /%[1]s/* {
 		smart_imaging {
 			authz smart-on-fhir {
@@ -77,11 +80,11 @@ func (c gatewayConfig) caddyfile() string {
 				basic_auth %[8]s {env.%[9]s}
 			}
 			study_token_key {env.%[10]s}
-			base_url http://127.0.0.1:%[11]d/%[1]s
+			base_url http://127.0.0.1:%[11]d/%[1]s%[12]s
 		}
 	}
 `, prefix, c.ehrFHIRBase, c.clientID, envClientSecret, mrnSystem, extra,
-			pacs, c.user, envPACSPassword, envStudyKey, c.port)
+			pacs, c.user, envPACSPassword, envStudyKey, c.port, strings.Join(handlerExtra, ""))
 	}
 	plain := fmt.Sprintf(`	handle_path /plain/* {
 		reverse_proxy %s {
@@ -129,7 +132,7 @@ http://127.0.0.1:%d {
 %s%s%s%s%s%s%s}
 `, c.adminPort, c.port, c.port,
 		route("bench", c.pacsURL, ""),
-		route("count", c.countURL, ""),
+		route("count", c.countURL, "", "\n\t\t\tstudy_token_binding grant"),
 		route("ttl", c.pacsURL, "\n\t\t\t\tcache_ttl 1s"),
 		route("nocache", c.pacsURL, "\n\t\t\t\tcache_ttl 0"),
 		plain, dimse("dimse", dimseCacheSize), dimse("dimse-small", dimseSmallCacheSize))

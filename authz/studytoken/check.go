@@ -64,7 +64,11 @@ func (c Claims) grants(req Presented) error {
 		return authz.Forbidden("the study in the path is not the study this address was issued for")
 	}
 	if !p.AllowsModalities(c.Modalities) {
-		return authz.Forbidden("the access token's scopes do not allow this study's modalities (" + strings.Join(c.Modalities, ", ") + ")")
+		msg := "the access token's scopes do not allow this study's modalities (" + strings.Join(c.Modalities, ", ") + ")"
+		if len(p.IgnoredScopes) > 0 {
+			msg += "; ignored for a query this server does not understand: " + strings.Join(p.IgnoredScopes, " ")
+		}
+		return authz.Forbidden(msg)
 	}
 	return nil
 }

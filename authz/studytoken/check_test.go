@@ -41,7 +41,7 @@ func TestCheck(t *testing.T) {
 	backendTok := mustMint(t, k, Claims{StudyUID: c.StudyUID, Patient: c.Patient, Route: c.Route, IssuedAt: now,
 		Expiry: now.Add(time.Hour), Binding: k.Bind(BindingOf(BindToken, "system-token", backend))})
 	// Modality restriction: the token carries the study's modalities.
-	mrOnly := &authz.Principal{Patient: c.Patient, Modalities: []string{"MR"}}
+	mrOnly := &authz.Principal{Patient: c.Patient, Modalities: []string{"MR"}, IgnoredScopes: []string{"patient/ImagingStudy.rs?bodysite=head"}}
 	ctOnly := &authz.Principal{Patient: c.Patient, Modalities: []string{"ct"}}
 	ctStudy := c
 	ctStudy.Modalities = []string{"CT", "SR"}
@@ -79,7 +79,7 @@ func TestCheck(t *testing.T) {
 		{name: "modality allowed (case-insensitive)", token: ctTok, at: now,
 			req: Presented{Route: c.Route, Principal: ctOnly, StudyUID: c.StudyUID, Binding: right.Binding}, opened: true},
 		{name: "modality not allowed", token: ctTok, at: now,
-			req: Presented{Route: c.Route, Principal: mrOnly, StudyUID: c.StudyUID, Binding: right.Binding}, refuse: "modalities", opened: true},
+			req: Presented{Route: c.Route, Principal: mrOnly, StudyUID: c.StudyUID, Binding: right.Binding}, refuse: "ignored for a query this server does not understand: patient/ImagingStudy.rs?bodysite=head", opened: true},
 		{name: "modality-restricted caller, study of unknown modality", token: tok, at: now,
 			req: Presented{Route: c.Route, Principal: mrOnly, StudyUID: c.StudyUID, Binding: right.Binding}, refuse: "modalities", opened: true},
 		{name: "expired", token: tok, at: c.Expiry.Add(time.Second), req: right, refuse: "has expired"},
