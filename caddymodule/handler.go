@@ -156,6 +156,10 @@ type ImagesModule interface {
 // binding (authz mock with disable_authz_checks).
 type unrestricter interface{ Unrestricted() bool }
 
+// tokenIgnorer is implemented by authorizers that validate no bearer token
+// (authz mock): binding study tokens to one would bind them to any string.
+type tokenIgnorer interface{ ChecksNoToken() bool }
+
 // fhirBaser is implemented by authorizers that know the EHR's FHIR base, so
 // absolute patient references can be matched.
 type fhirBaser interface{ EHRBaseURL() string }
@@ -226,6 +230,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.binding, err = studytoken.ParseBinding(h.StudyTokenBinding); err != nil {
 		return err
+	}
+	if ti, ok := h.authorizer.(tokenIgnorer); ok && ti.ChecksNoToken() {
+		// Nothing checks the bearer here: bind to the fixed grant.
+		h.binding = studytoken.BindGrant
 	}
 	if err := h.provisionDelay(); err != nil {
 		return err

@@ -21,6 +21,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 
+	"github.com/smart-imaging/smart_imaging/authz"
 	"github.com/smart-imaging/smart_imaging/authz/studytoken"
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
 	"github.com/smart-imaging/smart_imaging/internal/dicomgen"
@@ -110,7 +111,10 @@ func mintToken(t *testing.T, study, route string) string {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	tok, err := kr.Mint(studytoken.Claims{StudyUID: study, Patient: dwPatient, Route: route, Expiry: now.Add(time.Hour), IssuedAt: now})
+	// authz mock routes bind study tokens to their fixed grant.
+	grant := studytoken.BindingOf(studytoken.BindGrant, "", &authz.Principal{ClientID: "mock", Patient: dwPatient})
+	tok, err := kr.Mint(studytoken.Claims{StudyUID: study, Patient: dwPatient, Route: route, Expiry: now.Add(time.Hour), IssuedAt: now,
+		Binding: kr.Bind(grant)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -405,7 +405,9 @@ func (a *Authorizer) backendPrincipal(c *claims, p *authz.Principal) *authz.Erro
 		return insufficientScope("system", g.Ignored)
 	}
 	if len(a.s.backendClients) == 0 {
-		return authz.Forbidden("the access token has no patient in context, and this route does not offer SMART Backend Services: system scopes grant nothing here (no backend_client is configured)")
+		deny := insufficientScope("patient", nil)
+		deny.Message = "the access token has no patient in context, and this route does not offer SMART Backend Services: system scopes grant nothing here (no backend_client is configured)"
+		return deny
 	}
 	bc, ok := a.s.backendClients[c.clientID]
 	if !ok || c.clientID == "" {
