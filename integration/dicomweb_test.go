@@ -111,14 +111,19 @@ func mintToken(t *testing.T, study, route string) string {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	// authz mock routes bind study tokens to their fixed grant.
-	grant := studytoken.BindingOf(studytoken.BindGrant, "", &authz.Principal{ClientID: "mock", Patient: dwPatient})
 	tok, err := kr.Mint(studytoken.Claims{StudyUID: study, Patient: dwPatient, Route: route, Expiry: now.Add(time.Hour), IssuedAt: now,
-		Binding: kr.Bind(grant)})
+		Binding: mockGrantBinding(kr, dwPatient)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return tok
+}
+
+// mockGrantBinding is the binding of a study token minted on an authz
+// mock route for patient: mock checks no token, so its routes bind study
+// tokens to its fixed grant.
+func mockGrantBinding(kr *studytoken.Keyring, patient string) string {
+	return kr.Bind(studytoken.BindingOf(studytoken.BindGrant, "", &authz.Principal{ClientID: "mock", Patient: patient}))
 }
 
 // outcome checks an OperationOutcome answer and returns its diagnostics.
