@@ -137,14 +137,9 @@ func (h *Handler) searchBundle(r *http.Request, p *authz.Principal, studies []im
 	base := h.publicBase(r)
 	bundle := fhir.NewSearchBundle("")
 	now := time.Now()
-	exp := now.Add(h.ttl)
-	if !p.Expires.IsZero() && p.Expires.Before(exp) {
-		exp = p.Expires
-	}
-	if exp.Unix() <= now.Unix() {
-		// Study tokens count whole seconds: a token in its last second
-		// cannot carry one.
-		return nil, authz.Unauthorized("the access token has expired", authz.ErrExpired)
+	exp, err := studytoken.ExpiryFor(now, h.ttl, p)
+	if err != nil {
+		return nil, err
 	}
 	route := h.route(r)
 	binding := h.keys.Bind(studytoken.BindingOf(h.binding, authz.BearerToken(r), p))

@@ -72,3 +72,19 @@ func (c Claims) grants(req Presented) error {
 	}
 	return nil
 }
+
+// ExpiryFor is when a study token minted at now for principal p expires:
+// ttl from now, never after the access token's own expiry. An access token
+// with less than a whole second left (study tokens count seconds) is
+// refused as expired: 401, so the client refreshes it rather than getting
+// a server error.
+func ExpiryFor(now time.Time, ttl time.Duration, p *authz.Principal) (time.Time, error) {
+	exp := now.Add(ttl)
+	if !p.Expires.IsZero() && p.Expires.Before(exp) {
+		exp = p.Expires
+	}
+	if exp.Unix() <= now.Unix() {
+		return time.Time{}, authz.Unauthorized("the access token has expired", authz.ErrExpired)
+	}
+	return exp, nil
+}

@@ -108,3 +108,34 @@ func TestCheck(t *testing.T) {
 		})
 	}
 }
+
+// An access token in its last second, or past its exp, gets a 401 (not a
+// server error from minting a token that expires before it is issued).
+func TestExpiryFor(t *testing.T) {
+	now := time.Unix(1_800_000_000, 400_000_000)
+	for _, tt := range []struct {
+		name    string
+		expires time.Time
+		want    time.Time // zero: refused
+	}{
+		{name: "unknown exp: the ttl", want: now.Add(time.Hour)},
+		{name: "exp before the ttl ends", expires: now.Add(10 * time.Minute), want: now.Add(10 * time.Minute)},
+		{name: "exp after the ttl", expires: now.Add(2 * time.Hour), want: now.Add(time.Hour)},
+		{name: "within the same second", expires: now.Add(500 * time.Millisecond)},
+		{name: "already past", expires: now.Add(-time.Minute)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ExpiryFor(now, time.Hour, &authz.Principal{Expires: tt.expires})
+			if tt.want.IsZero() {
+				var ae *authz.Error
+				if !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized || !strings.Contains(ae.Challenge, "invalid_token") {
+					t.Fatalf("error %v, want a 401 invalid_token", err)
+				}
+				return
+			}
+			if err != nil || !got.Equal(tt.want) {
+				t.Fatalf("got %v, %v; want %v", got, err, tt.want)
+			}
+		})
+	}
+}
