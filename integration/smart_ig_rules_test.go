@@ -96,11 +96,15 @@ func TestSmartIGAuthorizationRules(t *testing.T) {
 	t.Run("expired but introspected as active: 401 on search and WADO", func(t *testing.T) {
 		good := env.mint(ehr, testehr.TokenSpec{Patient: demoPatient})
 		res := search(t, env.as(good), searchURL("ig", demoPatient))
-		expired := env.mint(ehr, testehr.TokenSpec{Patient: demoPatient, Exp: time.Now().Add(-time.Minute), ActiveAfterExp: true})
-		hdr, _ := smartRefused(t, env.as(expired), searchURL("ig", demoPatient), http.StatusUnauthorized)
-		invalidToken(t, hdr)
-		hdr, _ = smartRefused(t, env.as(expired), metadata(res, demoCTStudy), http.StatusUnauthorized)
-		invalidToken(t, hdr)
+		// A few seconds past exp (inside the 30 s leeway the gateway used
+		// to allow: 500 on search, 200 on WADO) and a minute past.
+		for _, ago := range []time.Duration{5 * time.Second, time.Minute} {
+			expired := env.mint(ehr, testehr.TokenSpec{Patient: demoPatient, Exp: time.Now().Add(-ago), ActiveAfterExp: true})
+			hdr, _ := smartRefused(t, env.as(expired), searchURL("ig", demoPatient), http.StatusUnauthorized)
+			invalidToken(t, hdr)
+			hdr, _ = smartRefused(t, env.as(expired), metadata(res, demoCTStudy), http.StatusUnauthorized)
+			invalidToken(t, hdr)
+		}
 	})
 
 	t.Run("another token of the same patient cannot use the address", func(t *testing.T) {
