@@ -9,7 +9,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,6 +43,63 @@ type Principal struct {
 	// TokenHash is a short, non-reversible hash of the access token, safe to
 	// log; empty when no token was presented.
 	TokenHash string
+	// Backend is set for a SMART Backend Services client: system scopes,
+	// no patient in context. Patient is then empty until a request names
+	// one it may see (ForPatient).
+	Backend bool
+	// Patients are the FHIR ids a backend client may see (its configured
+	// backend_client list); AllPatients lets it see any patient.
+	Patients    []string
+	AllPatients bool
+	// Modalities, when not nil, restrict what the principal sees to
+	// studies with one of these DICOM modalities (SMART v2 granular
+	// scopes such as patient/ImagingStudy.rs?modality=CT).
+	Modalities []string
+	// IgnoredScopes are granted scopes whose query the gateway does not
+	// understand: they grant nothing, and refusals name them.
+	IgnoredScopes []string
+}
+
+// AllowsModalities reports whether the principal's modality restriction
+// (none: every study) allows a study with these modalities: one of them
+// must be allowed, compared case-insensitively. A study with no known
+// modality is refused to a restricted principal (deny on doubt).
+func (p *Principal) AllowsModalities(study []string) bool {
+	if p.Modalities == nil {
+		return true
+	}
+	for _, m := range study {
+		for _, a := range p.Modalities {
+			if strings.EqualFold(m, a) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// MaySee reports whether a backend principal may see patient id.
+func (p *Principal) MaySee(id string) bool {
+	if !p.Backend || id == "" {
+		return false
+	}
+	return p.AllPatients || slices.Contains(p.Patients, id)
+}
+
+// ForPatient returns a copy of a backend principal acting for the patient
+// a request named (its FHIR id and absolute reference), or a 403 when the
+// client may not see that patient. A patient-bound principal is returned
+// as is.
+func (p *Principal) ForPatient(id, reference string) (*Principal, error) {
+	if !p.Backend {
+		return p, nil
+	}
+	if !p.MaySee(id) {
+		return nil, Forbidden("this backend client is not authorized for the patient in the request")
+	}
+	cp := *p
+	cp.Patient, cp.PatientReference = id, reference
+	return &cp, nil
 }
 
 // Authorizer establishes the Principal behind a request.
@@ -111,6 +170,20 @@ type Error = httpproblem.Problem
 func Unauthorized(msg string, cause error) *Error {
 	return &Error{Status: http.StatusUnauthorized, Code: "login", Message: msg, Err: cause,
 		Challenge: `Bearer error="invalid_token", error_description="` + sanitizeHeader(msg) + `"`}
+}
+
+// ErrExpired is wrapped by the 401 CheckExpiry returns.
+var ErrExpired = errors.New("access token expired")
+
+// CheckExpiry refuses a principal whose access token has expired at now
+// (401, WWW-Authenticate: Bearer error="invalid_token"). It runs on every
+// request, cached principals included; a zero Expires (unknown, checked
+// at the authorization server on each request) passes.
+func CheckExpiry(p *Principal, now time.Time) error {
+	if p == nil || p.Expires.IsZero() || now.Before(p.Expires) {
+		return nil
+	}
+	return Unauthorized("the access token has expired", ErrExpired)
 }
 
 // Forbidden is a 403 for a caller who may not see what it asked for.

@@ -52,10 +52,16 @@ func (e *env) counts(ctx context.Context) error {
 	}
 
 	// A fresh token hit by 64 clients at once: one introspection expected.
+	// Study addresses are bound to the token that searched; /count binds
+	// them to the grant, which the fresh token shares with e.token.
+	countWADO, err := e.discover(ctx, "count", benchPatient, e.token)
+	if err != nil {
+		return err
+	}
 	fresh := e.ehr.IssueToken(testehr.TokenSpec{Patient: benchPatient})
 	st := e.ds.wadoStudy
 	frames := fmt.Sprintf("/studies/%s/series/%s/instances/%s/frames/%d", st, e.ds.frameSeries, e.ds.frameUID, e.ds.frameNumber)
-	burstOp := get(e.wado[st]+frames, bearerHeader(fresh, acceptFrames))
+	burstOp := get(countWADO[st]+frames, bearerHeader(fresh, acceptFrames))
 	i0 := e.ehr.Calls(testehr.Introspect)
 	sent, errs := runCount(ctx, burstOp, 64, e.o.burstRequests)
 	c.BurstRequests = sent

@@ -60,7 +60,10 @@ const (
 // caddyfile is the gateway's configuration: three routes on one site, all
 // authorizing with the test EHR (introspection, client_secret_basic):
 // /bench fronts Orthanc directly (the measured route), /count fronts it
-// through the counting proxy, /ttl is /bench with a 1 s decision cache.
+// through the counting proxy (study tokens bound to the grant, so the
+// fresh-token burst can use an address another token of the same grant
+// searched for), /ttl is /bench with a 1 s decision cache,
+// /nocache is /bench with cache_ttl 0 (every request introspected).
 // /plain is a bare reverse_proxy to Orthanc (no module, no authorization):
 // the cost of Caddy's proxying alone.
 func (c gatewayConfig) caddyfile() string {
@@ -127,15 +130,16 @@ func (c gatewayConfig) caddyfile() string {
 }
 
 http://127.0.0.1:%d {
-%s%s%s%s%s%s%s%s}
+%s%s%s%s%s%s%s%s%s}
 `, c.adminPort, c.port, c.port,
 		route("bench", c.pacsURL, ""),
-		route("count", c.countURL, ""),
+		route("count", c.countURL, "", "\n\t\t\tstudy_token_binding grant"),
 		route("ttl", c.pacsURL, "\n\t\t\t\tcache_ttl 1s"),
 		// /cached is /bench with the metadata cache; /reval has a ttl so
 		// short that every request revalidates (one QIDO study query).
 		route("cached", c.pacsURL, "", "\n\t\t\tmetadata_cache {\n\t\t\t\tttl 1h\n\t\t\t}"),
 		route("reval", c.pacsURL, "", "\n\t\t\tmetadata_cache {\n\t\t\t\tttl 1ns\n\t\t\t}"),
+		route("nocache", c.pacsURL, "\n\t\t\t\tcache_ttl 0"),
 		plain, dimse("dimse", dimseCacheSize), dimse("dimse-small", dimseSmallCacheSize))
 }
 

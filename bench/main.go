@@ -96,7 +96,7 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "bound of the whole run; everything started is stopped when it passes")
 	flag.BoolVar(&o.pin, "pin", false, "Linux with taskset: pin Orthanc and the load generator to CPU 0 and the gateway to CPU 1, as if the gateway had a core of its own (a PACS on another host); direct runs then get one core")
 	var cases string
-	flag.StringVar(&cases, "cases", "", "comma-separated endpoints to measure (qido-studies, search, wado-study, wado-instance, wado-frames, wado-metadata, cached-metadata, cached-search, cached-reval, cached-many, viewer-open, ohif-first-image, dimse); empty: all")
+	flag.StringVar(&cases, "cases", "", "comma-separated endpoints to measure (qido-studies, search, wado-study, wado-instance, wado-frames, wado-metadata, wado-frames-nocache, cached-metadata, cached-search, cached-reval, cached-many, viewer-open, ohif-first-image, dimse); empty: all")
 	flag.IntVar(&o.burstRequests, "burst", 1000, "requests with one fresh token at 64 clients for the introspection count")
 	flag.Parse()
 

@@ -75,6 +75,12 @@ type counts struct {
 	TTLSeconds                float64 `json:"ttl_run_s"`
 	TTLRequests               int64   `json:"ttl_requests"`
 	TTLIntrospections         int64   `json:"ttl_introspections"`
+	// NoCacheRequests and NoCacheIntrospections are the measured gateway
+	// requests of the cache_ttl 0 case and the introspections made while
+	// it ran (warm-up requests included, so the count can exceed the
+	// requests; concurrent requests with one token share one).
+	NoCacheRequests       int64 `json:"nocache_requests"`
+	NoCacheIntrospections int64 `json:"nocache_introspections"`
 }
 
 type largeResults struct {
@@ -286,6 +292,10 @@ func (r *results) print(w io.Writer) {
 		cn.StudiesPerSearch, cn.QIDOCallsPerSearch, cn.QIDOStudyCallsPerSearch, cn.QIDOSeriesCallsPerSearch, cn.QIDOCallsPerSearchC16, cn.QIDOMaxInFlightOneSearch,
 		cn.IntrospectionsDuringCases, cn.PatientReadsDuringCases, cn.GatewayRequests, cn.IntrospectionsPer1000,
 		cn.BurstRequests, cn.BurstIntrospections, cn.TTLSeconds, cn.TTLIntrospections)
+	if cn.NoCacheRequests > 0 {
+		fmt.Fprintf(w, "Route with cache_ttl 0: %d introspections for %d measured requests (warm-up included; concurrent requests with one token share one).\n",
+			cn.NoCacheIntrospections, cn.NoCacheRequests)
+	}
 	if L := r.Large; len(L.Runs) > 0 {
 		fmt.Fprintf(w, "\nLarge study: %d instances, %.2f GiB of pixel data (generated and uploaded in %.0fs), %d clients at once; gateway VmRSS %.1f MB idle, VmHWM %.1f MB at the end.\n\n",
 			L.Instances, float64(L.StudyBytes)/(1<<30), L.LoadSeconds, L.Clients, L.GatewayRSSIdleMB, L.GatewayVmHWMMB)

@@ -55,6 +55,9 @@ type endpoint struct {
 	// (0: none); AlsoAt1 holds it at 1 client too.
 	Target  float64
 	AlsoAt1 bool
+	// Uncached marks a case on a route with cache_ttl 0: its
+	// introspections are counted apart from the steady-state count.
+	Uncached bool
 }
 
 type env struct {
@@ -74,7 +77,9 @@ type env struct {
 	cachedWADO, revalWADO map[string]string
 	manyToken             string
 	manyWADO              map[string]string
-	res                   *results
+	// wadoNoCache is the same on the /nocache route (cache_ttl 0).
+	wadoNoCache map[string]string
+	res         *results
 }
 
 func run(ctx context.Context, o options) (err error) {
@@ -196,6 +201,10 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 
+	if e.wadoNoCache, err = e.discover(ctx, "nocache", benchPatient, e.token); err != nil {
+		return err
+	}
+
 	eps := e.endpoints()
 	if o.cases != nil {
 		var kept []endpoint
@@ -221,9 +230,33 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	step("every case answered once; measuring (%d round(s), %s + %s warm-up per case)", o.rounds, o.duration, o.warmup)
 
-	if err := e.measure(ctx, eps); err != nil {
+	// Cases on the cache_ttl 0 route run after the others, so their
+	// introspections (some finishing after their run) stay out of the
+	// steady-state count.
+	var cached, uncached []endpoint
+	for _, ep := range eps {
+		if ep.Uncached {
+			uncached = append(uncached, ep)
+		} else {
+			cached = append(cached, ep)
+		}
+	}
+	if err := e.measure(ctx, cached); err != nil {
 		return err
 	}
+	i0 := e.ehr.Calls(testehr.Introspect)
+	if err := e.measure(ctx, uncached); err != nil {
+		return err
+	}
+	for _, ep := range uncached {
+		// A barrier: one more request with the same token joins any
+		// introspection still in flight from a cut-off request, so none
+		// lands in the counts below.
+		if _, err := ep.Gateway(ctx, http.DefaultClient, make([]byte, 256<<10)); err != nil {
+			return fmt.Errorf("%s after the run: %w", ep.Name, err)
+		}
+	}
+	e.res.Counts.NoCacheIntrospections = e.ehr.Calls(testehr.Introspect) - i0
 	if err := e.counts(ctx); err != nil {
 		return err
 	}
@@ -407,6 +440,9 @@ func (e *env) endpoints() []endpoint {
 		{Name: "cached-many", Label: fmt.Sprintf("study metadata (%d inst), metadata_cache", manyInstances), Direct: manyD, Gateway: manyCached, Target: 2, AlsoAt1: true},
 		{Name: "viewer-open", Label: "viewer open: series + metadata + frame (p50 = time to first frame)", Direct: openD, Gateway: openG},
 		{Name: "ohif-first-image", Label: "OHIF first image: QIDO studies, series, series metadata, frame 1 (4 calls)", Direct: ohifD, Gateway: ohifG},
+		// The cost of immediate revocation: every request introspected.
+		{Name: "wado-frames-nocache", Label: "WADO frames/1, cache_ttl 0 (introspection per request)", Direct: frameD,
+			Gateway: get(e.wadoNoCache[st]+frames, bearerHeader(e.token, acceptFrames)), Uncached: true},
 	}
 }
 
@@ -484,7 +520,30 @@ func (e *env) discover(ctx context.Context, prefix, patient, token string) (map[
 func (e *env) measure(ctx context.Context, eps []endpoint) error {
 	intro0 := e.ehr.Calls(testehr.Introspect)
 	patient0 := e.ehr.Calls(testehr.Patient)
+	if len(eps) == 0 {
+		return nil
+	}
+	if eps[0].Uncached {
+		// Counted by the caller, apart from the steady state.
+		return e.measureRounds(ctx, eps, new(int64))
+	}
 	var gatewaySent int64
+	if err := e.measureRounds(ctx, eps, &gatewaySent); err != nil {
+		return err
+	}
+	// The same token was cached before the first case (discovery used it).
+	e.res.Counts.GatewayRequests = gatewaySent
+	e.res.Counts.IntrospectionsDuringCases = e.ehr.Calls(testehr.Introspect) - intro0
+	e.res.Counts.PatientReadsDuringCases = e.ehr.Calls(testehr.Patient) - patient0
+	if gatewaySent > 0 {
+		e.res.Counts.IntrospectionsPer1000 = float64(e.res.Counts.IntrospectionsDuringCases) * 1000 / float64(gatewaySent)
+	}
+	return nil
+}
+
+// measureRounds runs the rounds of measure, adding the gateway requests
+// sent to *gatewaySent.
+func (e *env) measureRounds(ctx context.Context, eps []endpoint, gatewaySent *int64) error {
 	for round := 0; round < e.o.rounds; round++ {
 		for _, ep := range eps {
 			for _, c := range e.o.clients {
@@ -511,8 +570,10 @@ func (e *env) measure(ctx context.Context, eps []endpoint) error {
 						return err
 					}
 					r := runLoad(ctx, o, c, e.o.warmup, e.o.duration, e.pids, onWindow)
-					if target == "gateway" {
-						gatewaySent += r.Sent
+					if target == "gateway" && ep.Uncached {
+						e.res.Counts.NoCacheRequests += r.Sent
+					} else if target == "gateway" {
+						*gatewaySent += r.Sent
 					}
 					e.res.add(ep, target, c, r)
 					fmt.Printf("  %-14s %-7s c=%-3d %8.1f req/s  p50 %7.2f ms  p99 %7.2f ms  %8.1f MB/s  errors %d %s\n",
@@ -520,13 +581,6 @@ func (e *env) measure(ctx context.Context, eps []endpoint) error {
 				}
 			}
 		}
-	}
-	// The same token was cached before the first case (discovery used it).
-	e.res.Counts.GatewayRequests = gatewaySent
-	e.res.Counts.IntrospectionsDuringCases = e.ehr.Calls(testehr.Introspect) - intro0
-	e.res.Counts.PatientReadsDuringCases = e.ehr.Calls(testehr.Patient) - patient0
-	if gatewaySent > 0 {
-		e.res.Counts.IntrospectionsPer1000 = float64(e.res.Counts.IntrospectionsDuringCases) * 1000 / float64(gatewaySent)
 	}
 	return nil
 }

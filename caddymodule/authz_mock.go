@@ -72,6 +72,10 @@ func (m *MockAuthz) PatientIdentifiers(ctx context.Context, p *authz.Principal) 
 // Unrestricted reports whether patient binding is disabled.
 func (m *MockAuthz) Unrestricted() bool { return m.DisableAuthzChecks }
 
+// ChecksNoToken reports that authz mock validates no bearer token: study
+// tokens on its routes are bound to its fixed grant, not to a token.
+func (m *MockAuthz) ChecksNoToken() bool { return true }
+
 // EHRBaseURL is the configured EHR FHIR base, if any.
 func (m *MockAuthz) EHRBaseURL() string { return m.base }
 

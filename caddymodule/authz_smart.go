@@ -157,10 +157,13 @@ func (m *SmartAuthz) EHRBaseURL() string { return m.impl.FHIRBaseURL() }
 //		accept_scopes          <scope>...
 //		mrn_system             <system>...
 //		patient_lookup_token   backend|caller
-//		cache_ttl              <duration>
+//		cache_ttl              <duration>   (0: introspect every request)
 //		inactive_cache_ttl     <duration>
 //		cache_size             <n>
 //		timeout                <duration>
+//		backend_client <client_id> {
+//			patients <FHIR Patient id>...   # or: all_patients
+//		}
 //	}
 //
 // fhir_base_url may also be given inline: authz smart-on-fhir <url> { … }.
@@ -196,11 +199,65 @@ func (m *SmartAuthz) subdirectives() subdirectives {
 		{"accept_scopes", someArgs(&c.AcceptScopes)},
 		{"mrn_system", someArgs(&c.MRNSystem)},
 		{"patient_lookup_token", oneOf(&c.PatientLookupToken, smart.LookupTokenBackend, smart.LookupTokenCaller)},
-		{"cache_ttl", positiveDuration(&c.CacheTTL)},
+		{"cache_ttl", func(d *caddyfile.Dispenser) error { return parseCacheTTL(d, c) }},
 		{"inactive_cache_ttl", positiveDuration(&c.InactiveCacheTTL)},
 		{"cache_size", positiveInt(&c.CacheSize)},
 		{"timeout", positiveDuration(&c.Timeout)},
+		{"backend_client", func(d *caddyfile.Dispenser) error { return parseBackendClient(d, c) }},
 	}
+}
+
+// parseCacheTTL reads cache_ttl <duration>: zero is allowed (no token
+// cache: every request is checked at the EHR, for immediate revocation).
+func parseCacheTTL(d *caddyfile.Dispenser, c *smart.Config) error {
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return d.ArgErr()
+	}
+	v, err := caddy.ParseDuration(args[0])
+	if err != nil || v < 0 {
+		return d.Errf("cache_ttl: %q is not a duration of zero or more", args[0])
+	}
+	ttl := caddy.Duration(v)
+	c.CacheTTL = &ttl
+	return nil
+}
+
+// parseBackendClient reads one SMART Backend Services client and whom it
+// may see:
+//
+//	backend_client <client_id> {
+//		patients <FHIR Patient id>...
+//		all_patients
+//	}
+func parseBackendClient(d *caddyfile.Dispenser, c *smart.Config) error {
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return d.ArgErr()
+	}
+	bc := smart.BackendClient{ClientID: args[0]}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch opt := d.Val(); opt {
+		case "patients":
+			ids := d.RemainingArgs()
+			if len(ids) == 0 {
+				return d.ArgErr()
+			}
+			bc.Patients = append(bc.Patients, ids...)
+		case "all_patients":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			bc.AllPatients = true
+		default:
+			return d.Errf("unrecognized backend_client option '%s' (known: patients, all_patients)", opt)
+		}
+	}
+	if bc.AllPatients == (len(bc.Patients) > 0) {
+		return d.Errf("backend_client %s: give either patients <id>... or all_patients", bc.ClientID)
+	}
+	c.BackendClients = append(c.BackendClients, bc)
+	return nil
 }
 
 // SMARTConfiguration is the route's own smart-configuration document.

@@ -16,6 +16,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwa"
 
 	"github.com/smart-imaging/smart_imaging/authz"
+	"github.com/smart-imaging/smart_imaging/authz/smart"
 	"github.com/smart-imaging/smart_imaging/internal/testehr"
 	"github.com/smart-imaging/smart_imaging/pacskey"
 )
@@ -57,7 +58,7 @@ func TestSmartAuthzCaddyfile(t *testing.T) {
 		len(c.Audience) != 2 || c.Issuer != "https://ehr.example.org/oauth2" || c.PatientClaim != "fhirUser" ||
 		!slices.Equal(c.AcceptScopes, []string{"patient/DiagnosticReport.read"}) ||
 		!slices.Equal(c.MRNSystem, []string{"http://hospital.example.org/mrn", "urn:oid:1.2.3"}) ||
-		c.PatientLookupToken != "caller" || time.Duration(c.CacheTTL) != 2*time.Minute ||
+		c.PatientLookupToken != "caller" || c.CacheTTL == nil || time.Duration(*c.CacheTTL) != 2*time.Minute ||
 		time.Duration(c.InactiveCacheTTL) != 5*time.Second || c.CacheSize != 500 || time.Duration(c.Timeout) != 3*time.Second {
 		t.Fatalf("parsed %+v", c)
 	}
@@ -158,5 +159,82 @@ func TestSmartAuthzProvisionErrors(t *testing.T) {
 				t.Errorf("error %v does not say how to fix it", err)
 			}
 		})
+	}
+}
+
+// TestSmartAuthzIGOptions parses the options of the IG's authorization
+// rules: cache_ttl 0, backend_client blocks, and refuses their mistakes.
+func TestSmartAuthzIGOptions(t *testing.T) {
+	d := caddyfile.NewTestDispenser(`smart-on-fhir https://ehr.example.org/fhir {
+		cache_ttl 0
+		backend_client registry-sync {
+			patients 123 456
+			patients 789
+		}
+		backend_client research {
+			all_patients
+		}
+	}`)
+	var m SmartAuthz
+	if err := m.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	c := m.Config
+	if c.CacheTTL == nil || *c.CacheTTL != 0 {
+		t.Errorf("cache_ttl 0 parsed as %v", c.CacheTTL)
+	}
+	want := []smart.BackendClient{
+		{ClientID: "registry-sync", Patients: []string{"123", "456", "789"}},
+		{ClientID: "research", AllPatients: true},
+	}
+	if len(c.BackendClients) != 2 || c.BackendClients[0].ClientID != want[0].ClientID ||
+		!slices.Equal(c.BackendClients[0].Patients, want[0].Patients) || c.BackendClients[1].ClientID != "research" || !c.BackendClients[1].AllPatients {
+		t.Errorf("backend clients %+v, want %+v", c.BackendClients, want)
+	}
+	for input, want := range map[string]string{
+		"smart-on-fhir {\ncache_ttl -1s\n}":                                   "cache_ttl",
+		"smart-on-fhir {\nbackend_client a {\npatinets 1\n}\n}":               "known: patients, all_patients",
+		"smart-on-fhir {\nbackend_client a {\n}\n}":                           "either patients",
+		"smart-on-fhir {\nbackend_client a {\npatients 1\nall_patients\n}\n}": "either patients",
+		"smart-on-fhir {\nbackend_client {\npatients 1\n}\n}":                 "wrong argument count",
+		"smart-on-fhir {\nbackend_client a b {\npatients 1\n}\n}":             "wrong argument count",
+	} {
+		var m SmartAuthz
+		err := m.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want one naming %q", input, err, want)
+		}
+	}
+	// Provisioning refuses what parsing cannot see.
+	for _, bad := range [][]smart.BackendClient{
+		{{ClientID: "a", Patients: []string{"ok"}}, {ClientID: "a", AllPatients: true}},
+		{{ClientID: "a", Patients: []string{"not an id"}}},
+	} {
+		cfg := smart.Config{FHIRBaseURL: "https://ehr.example.org/fhir", ClientID: "gw", ClientSecret: "s", BackendClients: bad}
+		if _, err := smart.New(t.Context(), cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "backend_client") {
+			t.Errorf("%+v: error %v", bad, err)
+		}
+	}
+}
+
+// TestStudyTokenBindingOption parses study_token_binding.
+func TestStudyTokenBindingOption(t *testing.T) {
+	for input, want := range map[string]string{
+		"smart_imaging {\nstudy_token_binding grant\n}": "",
+		"smart_imaging {\nstudy_token_binding token\n}": "",
+		"smart_imaging {\nstudy_token_binding user\n}":  "token or grant",
+		"smart_imaging {\nstudy_token_binding\n}":       "wrong argument count",
+	} {
+		var h Handler
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+		if want == "" {
+			if err != nil || h.StudyTokenBinding == "" {
+				t.Errorf("%s: %v, binding %q", input, err, h.StudyTokenBinding)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want one naming %q", input, err, want)
+		}
 	}
 }

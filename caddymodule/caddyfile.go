@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/smart-imaging/smart_imaging/authz/studytoken"
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/internal/dynconfig"
 )
@@ -45,6 +46,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //		study_token_key <base64 32 bytes> [<previous key>...]
 //		study_token_ttl <duration>
+//		study_token_binding token|grant
 //		base_url <public url of this route>
 //		route_id <name>
 //		cors <origin>...|*
@@ -106,6 +108,7 @@ func (h *Handler) subdirectives() subdirectives {
 			h.StudyTokenTTL = caddy.Duration(dur)
 			return nil
 		}},
+		{"study_token_binding", func(d *caddyfile.Dispenser) error { return parseStudyTokenBinding(d, h) }},
 		{"base_url", oneArg(&h.BaseURL)},
 		{"route_id", oneArg(&h.RouteID)},
 		{"cors", func(d *caddyfile.Dispenser) error {
@@ -300,4 +303,17 @@ func knownKind(d *caddyfile.Dispenser, namespace, kind string) error {
 		kinds = append(kinds, m.ID.Name())
 	}
 	return d.Errf("%s %s: unknown kind (known: %s)", namespace[strings.LastIndex(namespace, ".")+1:], kind, strings.Join(kinds, ", "))
+}
+
+// parseStudyTokenBinding reads study_token_binding token|grant.
+func parseStudyTokenBinding(d *caddyfile.Dispenser, h *Handler) error {
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return d.ArgErr()
+	}
+	if _, err := studytoken.ParseBinding(args[0]); err != nil {
+		return d.Err(err.Error())
+	}
+	h.StudyTokenBinding = args[0]
+	return nil
 }

@@ -73,6 +73,12 @@ type Handler struct {
 	// token's expiry is known.
 	StudyTokenTTL caddy.Duration `json:"study_token_ttl,omitempty"`
 
+	// StudyTokenBinding is what a study token is bound to besides study,
+	// patient and route: "token" (default), the access token that
+	// searched, or "grant", its client_id, user and patient (addresses
+	// survive a token refresh).
+	StudyTokenBinding string `json:"study_token_binding,omitempty"`
+
 	// BaseURL is the public URL of this route (scheme, host and prefix, e.g.
 	// https://imaging.example.org/ehr). Empty: derived from each request
 	// (its scheme, Host and the prefix handle_path stripped).
@@ -122,6 +128,7 @@ type Handler struct {
 	lookup     imagesource.Lookup
 	keys       *studytoken.Keyring
 	ttl        time.Duration
+	binding    studytoken.Binding
 	baseURL    *url.URL
 	cors       *corsPolicy
 	dynamic    *dynamicTenants
@@ -161,6 +168,10 @@ type ImagesModule interface {
 // unrestricter is implemented by authorizers that can disable patient
 // binding (authz mock with disable_authz_checks).
 type unrestricter interface{ Unrestricted() bool }
+
+// tokenIgnorer is implemented by authorizers that validate no bearer token
+// (authz mock): binding study tokens to one would bind them to any string.
+type tokenIgnorer interface{ ChecksNoToken() bool }
 
 // fhirBaser is implemented by authorizers that know the EHR's FHIR base, so
 // absolute patient references can be matched.
@@ -265,6 +276,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.DICOMwebRoot {
 		h.owners = dwroot.NewOwners(ownerCacheTTL, ownerCacheMax)
 	}
+	if h.binding, err = studytoken.ParseBinding(h.StudyTokenBinding); err != nil {
+		return err
+	}
+	if ti, ok := h.authorizer.(tokenIgnorer); ok && ti.ChecksNoToken() {
+		// Nothing checks the bearer here: bind to the fixed grant.
+		h.binding = studytoken.BindGrant
+	}
 	if err := h.provisionDelay(); err != nil {
 		return err
 	}
@@ -335,6 +353,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.StudyTokenTTL < 0 {
 		return errors.New("study_token_ttl must be positive")
+	}
+	if _, err := studytoken.ParseBinding(h.StudyTokenBinding); err != nil {
+		return err
 	}
 	if time.Duration(h.StudyTokenTTL) > 24*time.Hour {
 		return errors.New("study_token_ttl must be at most 24h: study tokens are credentials")
@@ -466,6 +487,10 @@ func (h *Handler) authorize(r *http.Request) (*authz.Principal, error) {
 	ar := r.WithContext(authz.WithRouteFHIRBase(r.Context(), h.publicBase(r)+"/fhir"))
 	p, err := h.authorizer.Authorize(ar)
 	metricAuthzDuration.WithLabelValues(h.metricRoute(r)).Observe(time.Since(start).Seconds())
+	if err == nil {
+		// Whatever the authorizer cached, an expired token stops here.
+		err = authz.CheckExpiry(p, time.Now())
+	}
 	if err == nil {
 		setPrincipal(r, p)
 	}

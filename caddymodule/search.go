@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,6 +36,17 @@ func (h *Handler) serveSearch(w http.ResponseWriter, r *http.Request) error {
 		}
 		if !p.Unrestricted && len(sp.Patients) == 0 && len(sp.PatientIdentifiers) == 0 {
 			return h.fail(w, r, authz.Forbidden("this route needs ?patient= naming the patient in context"))
+		}
+		if p.Backend {
+			// A backend client acts for the patient its search names.
+			var idents []authz.Token
+			for _, t := range sp.PatientIdentifiers {
+				idents = append(idents, authz.Token(t))
+			}
+			if p, err = authz.ActFor(r.Context(), h.authorizer, p, sp.Patients, idents, h.fhirBase()); err != nil {
+				return h.fail(w, r, err)
+			}
+			setPrincipal(r, p)
 		}
 		for _, v := range sp.Patients {
 			if err := authz.CheckPatientParam(p, v, h.fhirBase()); err != nil {
@@ -90,6 +102,12 @@ func (h *Handler) studyQuery(r *http.Request, p *authz.Principal, sp fhir.Search
 // fhir.PageOf) and writes the Bundle.
 func (h *Handler) writeBundle(w http.ResponseWriter, r *http.Request, p *authz.Principal, sp fhir.Search, studies []imagesource.Study) error {
 	studies = fhir.SelectStudies(studies, sp.LastUpdated)
+	if p.Modalities != nil {
+		// A modality-restricted token sees only studies of its modalities.
+		studies = slices.DeleteFunc(studies, func(st imagesource.Study) bool {
+			return !p.AllowsModalities(fhir.StudyModalities(st))
+		})
+	}
 	auditFrom(r).studies = len(studies)
 	total := len(studies)
 	base := h.publicBase(r)
@@ -119,11 +137,12 @@ func (h *Handler) searchBundle(r *http.Request, p *authz.Principal, studies []im
 	base := h.publicBase(r)
 	bundle := fhir.NewSearchBundle("")
 	now := time.Now()
-	exp := now.Add(h.ttl)
-	if !p.Expires.IsZero() && p.Expires.Before(exp) {
-		exp = p.Expires
+	exp, err := studytoken.ExpiryFor(now, h.ttl, p)
+	if err != nil {
+		return nil, err
 	}
 	route := h.route(r)
+	binding := h.keys.Bind(studytoken.BindingOf(h.binding, authz.BearerToken(r), p))
 	type entry struct {
 		study    fhir.ImagingStudy
 		endpoint fhir.Endpoint
@@ -134,7 +153,8 @@ func (h *Handler) searchBundle(r *http.Request, p *authz.Principal, studies []im
 		if uid == "" {
 			continue
 		}
-		tok, err := h.keys.Mint(studytoken.Claims{StudyUID: uid, Patient: p.Patient, Route: route, Expiry: exp, IssuedAt: now})
+		tok, err := h.keys.Mint(studytoken.Claims{StudyUID: uid, Patient: p.Patient, Route: route, Expiry: exp, IssuedAt: now,
+			Binding: binding, Modalities: fhir.StudyModalities(st)})
 		if err != nil {
 			return nil, &problem{Status: http.StatusInternalServerError, Code: "exception", Message: "could not issue a study token", Err: err}
 		}
@@ -143,7 +163,7 @@ func (h *Handler) searchBundle(r *http.Request, p *authz.Principal, studies []im
 		sum := sha256.Sum256([]byte(tok))
 		epID := hex.EncodeToString(sum[:16])
 		epURL := "urn:uuid:" + epID[0:8] + "-" + epID[8:12] + "-" + epID[12:16] + "-" + epID[16:20] + "-" + epID[20:32]
-		ep := fhir.WADOEndpoint(epID, base+"/wado/"+tok)
+		ep := fhir.WADOEndpoint(epID, base+"/wado/"+tok, !p.Unrestricted)
 		is := fhir.ImagingStudyFrom(st, fhir.MapOptions{
 			ID:          fhir.ResourceID(uid),
 			Subject:     fhir.Reference{Reference: p.PatientReference},

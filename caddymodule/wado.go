@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smart-imaging/smart_imaging/authz"
 	"github.com/smart-imaging/smart_imaging/authz/studytoken"
 	"github.com/smart-imaging/smart_imaging/imagesource"
 	"github.com/smart-imaging/smart_imaging/imagesource/byterange"
@@ -39,7 +40,8 @@ func (h *Handler) serveWADO(w http.ResponseWriter, r *http.Request, rest string)
 			return h.fail(w, r, &problem{Status: http.StatusBadRequest, Code: "invalid", Message: err.Error()})
 		}
 
-		claims, err := h.keys.Check(token, time.Now(), studytoken.Presented{Route: h.route(r), Principal: p, StudyUID: wp.StudyUID})
+		claims, err := h.keys.Check(token, time.Now(), studytoken.Presented{Route: h.route(r), Principal: p, StudyUID: wp.StudyUID,
+			Binding: studytoken.BindingOf(h.binding, authz.BearerToken(r), p)})
 		if claims.StudyUID != "" {
 			auditFrom(r).study = claims.StudyUID
 		}
@@ -58,6 +60,13 @@ func (h *Handler) serveWADO(w http.ResponseWriter, r *http.Request, rest string)
 
 		req := imagesource.Retrieval{Path: wp, PublicBase: h.publicBase(r) + "/wado/" + token,
 			StudyUID: claims.StudyUID, Unrestricted: p.Unrestricted, MaxRenderSize: h.maxRenderSize()}
+		if p.Backend {
+			// Check let the study's patient through: act for it.
+			if p, err = p.ForPatient(claims.Patient, ""); err != nil {
+				return h.fail(w, r, err)
+			}
+			setPrincipal(r, p)
+		}
 		if !p.Unrestricted {
 			// What the source serves is checked against the patient's
 			// PACS keys (cached by the authorizer), not only its path.

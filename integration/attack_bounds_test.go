@@ -119,7 +119,11 @@ func attackAudienceAndSystems(a *attacker, ehr *testehr.EHR, pa *demoPatientData
 	// Controls: this route's own audience, or none.
 	for name, tok := range map[string]string{"this route": tokenFor(base + "/smartnb/fhir/"), "no aud": tokenFor()} {
 		a.run(atkReq{name: "/smartnb: A's token for " + name, url: searchOn("/smartnb"), bearer: tok, want: []int{200}, aOnly: true})
-		a.run(atkReq{name: "/smartnb: WADO with A's token for " + name, url: wado, bearer: tok, accept: "application/dicom+json", want: []int{200}})
+		// Study addresses are bound to the token that searched: this
+		// token's own.
+		own := legitSearch(a.t, a.client, searchOn("/smartnb"), tok, pa.studies)
+		a.run(atkReq{name: "/smartnb: WADO with A's token for " + name, url: own[study] + "/studies/" + study + "/metadata", bearer: tok, accept: "application/dicom+json", want: []int{200}})
+		a.run(atkReq{name: "/smartnb: WADO with A's token for " + name + " on another token's address", url: wado, bearer: tok, accept: "application/dicom+json", want: []int{403}})
 	}
 
 	// A's MRN value under systems A's MRN identifier does not have. /a's

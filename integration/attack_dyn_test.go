@@ -268,7 +268,8 @@ func mintDynToken(t interface {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	tok, err := kr.Mint(studytoken.Claims{StudyUID: study, Patient: demoPatient, Route: route, Expiry: now.Add(time.Hour), IssuedAt: now})
+	tok, err := kr.Mint(studytoken.Claims{StudyUID: study, Patient: demoPatient, Route: route, Expiry: now.Add(time.Hour), IssuedAt: now,
+		Binding: mockGrantBinding(kr, demoPatient)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 
+	"github.com/smart-imaging/smart_imaging/authz"
 	"github.com/smart-imaging/smart_imaging/authz/studytoken"
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
 	"github.com/smart-imaging/smart_imaging/internal/dicomgen"
@@ -110,11 +111,19 @@ func mintToken(t *testing.T, study, route string) string {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	tok, err := kr.Mint(studytoken.Claims{StudyUID: study, Patient: dwPatient, Route: route, Expiry: now.Add(time.Hour), IssuedAt: now})
+	tok, err := kr.Mint(studytoken.Claims{StudyUID: study, Patient: dwPatient, Route: route, Expiry: now.Add(time.Hour), IssuedAt: now,
+		Binding: mockGrantBinding(kr, dwPatient)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return tok
+}
+
+// mockGrantBinding is the binding of a study token minted on an authz
+// mock route for patient: mock checks no token, so its routes bind study
+// tokens to its fixed grant.
+func mockGrantBinding(kr *studytoken.Keyring, patient string) string {
+	return kr.Bind(studytoken.BindingOf(studytoken.BindGrant, "", &authz.Principal{ClientID: "mock", Patient: patient}))
 }
 
 // outcome checks an OperationOutcome answer and returns its diagnostics.

@@ -532,9 +532,11 @@ func TestFaults(t *testing.T) {
 	feEps := legitSearch(t, client, feSearch, ehr.IssueToken(testehr.TokenSpec{Patient: demoPatient}), pa.studies)
 	feHealthy := func(t *testing.T, what string) {
 		t.Helper()
+		// A fresh token searches again: study addresses are bound to the
+		// token that searched.
 		tok := ehr.IssueToken(testehr.TokenSpec{Patient: demoPatient})
-		legitSearch(t, client, feSearch, tok, pa.studies)
-		if a := faultDo(client, feEps[sa]+"/studies/"+sa+"/metadata", tok, "application/dicom+json"); a.status != 200 || a.readErr != nil {
+		eps := legitSearch(t, client, feSearch, tok, pa.studies)
+		if a := faultDo(client, eps[sa]+"/studies/"+sa+"/metadata", tok, "application/dicom+json"); a.status != 200 || a.readErr != nil {
 			t.Errorf("%s: metadata through /fe: HTTP %d %v", what, a.status, a.readErr)
 		}
 	}

@@ -500,7 +500,8 @@ func TestFleet(t *testing.T) {
 		// on a replica that does not know the key yet.
 		newRing, _ := studytoken.NewKeyring(newKey)
 		now := time.Now()
-		forged, err := newRing.Mint(studytoken.Claims{StudyUID: uid, Patient: demoPatient, Route: "demo", IssuedAt: now, Expiry: now.Add(time.Hour)})
+		forged, err := newRing.Mint(studytoken.Claims{StudyUID: uid, Patient: demoPatient, Route: "demo", IssuedAt: now, Expiry: now.Add(time.Hour),
+			Binding: mockGrantBinding(newRing, demoPatient)})
 		if err != nil {
 			t.Fatal(err)
 		}

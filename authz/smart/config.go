@@ -9,12 +9,15 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
+
+	"github.com/smart-imaging/smart_imaging/internal/fhirid"
 )
 
 // ErrNoAudience is New's error for jwt validation with no audience to
@@ -123,8 +126,12 @@ type Config struct {
 	PatientLookupToken string `json:"patient_lookup_token,omitempty"`
 
 	// CacheTTL bounds how long a token's validation (and a patient's PACS
-	// keys) is reused; never beyond the token's exp. Default 5m.
-	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
+	// keys) is reused; never beyond the token's exp. It is also how long a
+	// token whose introspection carries no exp is taken to live. Unset:
+	// 5m. Zero: every request introspects its token (concurrent requests
+	// with one token still share one call), so a revoked token stops
+	// working at once; patient keys are then cached for the default 5m.
+	CacheTTL *caddy.Duration `json:"cache_ttl,omitempty"`
 	// InactiveCacheTTL is how long a refusal (inactive, expired, foreign
 	// token) is remembered. Default 10s.
 	InactiveCacheTTL caddy.Duration `json:"inactive_cache_ttl,omitempty"`
@@ -133,6 +140,25 @@ type Config struct {
 	CacheSize int `json:"cache_size,omitempty"`
 	// Timeout bounds each call to the EHR. Default 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// BackendClients are the SMART Backend Services clients this route
+	// serves, each with the patients it may see. A token with a system
+	// ImagingStudy scope and no patient in context is served only when
+	// its client_id is listed here; none listed: system scopes grant
+	// nothing.
+	BackendClients []BackendClient `json:"backend_clients,omitempty"`
+}
+
+// BackendClient is one SMART Backend Services client's pre-authorized
+// access: introspection tells who the client is, not what it may see.
+type BackendClient struct {
+	// ClientID is the client's client_id at the EHR.
+	ClientID string `json:"client_id"`
+	// Patients are the FHIR Patient ids it may see.
+	Patients []string `json:"patients,omitempty"`
+	// AllPatients lets it see any patient (it must still name one on
+	// every search).
+	AllPatients bool `json:"all_patients,omitempty"`
 }
 
 // signingKey is the gateway's private key for client assertions.
@@ -162,6 +188,7 @@ type settings struct {
 	inactiveTTL      time.Duration
 	cacheSize        int
 	timeout          time.Duration
+	backendClients   map[string]BackendClient
 }
 
 func checkURL(name, s string) (string, error) {
@@ -185,7 +212,7 @@ func (c Config) settings() (*settings, error) {
 		scope:        strings.TrimSpace(c.Scope),
 		issuer:       c.Issuer,
 		acceptScopes: c.AcceptScopes,
-		cacheTTL:     time.Duration(c.CacheTTL),
+		cacheTTL:     DefaultCacheTTL,
 		inactiveTTL:  time.Duration(c.InactiveCacheTTL),
 		cacheSize:    c.CacheSize,
 		timeout:      time.Duration(c.Timeout),
@@ -218,8 +245,11 @@ func (c Config) settings() (*settings, error) {
 	if s.scope == "" {
 		s.scope = DefaultScope
 	}
-	if s.cacheTTL <= 0 {
-		s.cacheTTL = DefaultCacheTTL
+	if c.CacheTTL != nil {
+		if *c.CacheTTL < 0 {
+			return nil, errors.New("cache_ttl must not be negative")
+		}
+		s.cacheTTL = time.Duration(*c.CacheTTL)
 	}
 	if s.inactiveTTL <= 0 {
 		s.inactiveTTL = DefaultInactiveCacheTTL
@@ -263,6 +293,10 @@ func (c Config) settings() (*settings, error) {
 		s.lookupToken = LookupTokenCaller
 	default:
 		return nil, fmt.Errorf(`patient_lookup_token must be "backend" or "caller", got %q`, c.PatientLookupToken)
+	}
+
+	if s.backendClients, err = checkBackendClients(c.BackendClients); err != nil {
+		return nil, err
 	}
 
 	for _, sys := range c.MRNSystem {
@@ -414,4 +448,42 @@ func keyFitsAlg(key jwk.Key, alg jwa.SignatureAlgorithm) bool {
 		return raw.Curve == want
 	}
 	return false
+}
+
+// patientTTL is how long a patient's PACS keys are cached: cache_ttl, or
+// the default when cache_ttl 0 turns the token cache off (revocation
+// concerns tokens, not a patient's identifiers).
+func (s *settings) patientTTL() time.Duration {
+	if s.cacheTTL <= 0 {
+		return DefaultCacheTTL
+	}
+	return s.cacheTTL
+}
+
+// checkBackendClients indexes the backend clients by client_id: each
+// named once, with patients (valid FHIR ids) or all_patients, not both.
+func checkBackendClients(list []BackendClient) (map[string]BackendClient, error) {
+	if len(list) == 0 {
+		return nil, nil
+	}
+	m := make(map[string]BackendClient, len(list))
+	for _, bc := range list {
+		if bc.ClientID == "" {
+			return nil, errors.New("backend_client: client_id is required")
+		}
+		if _, dup := m[bc.ClientID]; dup {
+			return nil, fmt.Errorf("backend_client %q is configured twice", bc.ClientID)
+		}
+		if bc.AllPatients == (len(bc.Patients) > 0) {
+			return nil, fmt.Errorf("backend_client %q needs either patients <id>... or all_patients", bc.ClientID)
+		}
+		for _, id := range bc.Patients {
+			if !fhirid.Valid(id) {
+				return nil, fmt.Errorf("backend_client %q: %q is not a FHIR Patient id", bc.ClientID, id)
+			}
+		}
+		bc.Patients = slices.Clone(bc.Patients)
+		m[bc.ClientID] = bc
+	}
+	return m, nil
 }

@@ -34,6 +34,7 @@ type smartConfiguration struct {
 	ResponseTypesSupported            []string `json:"response_types_supported"`
 	CodeChallengeMethodsSupported     []string `json:"code_challenge_methods_supported"`
 	TokenEndpointAuthMethodsSupported []string `json:"token_endpoint_auth_methods_supported"`
+	TokenEndpointAuthSigningAlgs      []string `json:"token_endpoint_auth_signing_alg_values_supported"`
 }
 
 type discoveryCache struct {

@@ -75,13 +75,18 @@ func (a *Authorizer) patientEntry(ctx context.Context, p *authz.Principal) (*pat
 		return nil, authz.Forbidden("the access token has no patient in context")
 	}
 	id := p.Patient
+	if p.Backend && !p.MaySee(id) {
+		return nil, authz.Forbidden("this backend client is not authorized for the patient")
+	}
 	if e, ok := a.patients.get(id, a.now()); ok {
 		return e.result()
 	}
 	var callerToken string
 	if a.callerTok != nil {
 		ct, ok := a.callerTok.get(p.TokenHash, a.now())
-		if !ok || ct.patient != id {
+		// A backend client's token has no patient: it reads the patient
+		// its request named (MaySee checked above).
+		if !ok || ct.patient != id && !(p.Backend && ct.patient == "") {
 			return nil, &authz.Error{Status: http.StatusServiceUnavailable, Code: "transient",
 				Message:    "the caller's access token is no longer at hand for the patient lookup; retry",
 				RetryAfter: time.Second}
@@ -99,7 +104,7 @@ func (a *Authorizer) patientEntry(ctx context.Context, p *authz.Principal) (*pat
 		}
 		if cache {
 			now := a.now()
-			ttl := a.s.cacheTTL
+			ttl := a.s.patientTTL()
 			if e.deny != nil {
 				ttl = a.s.inactiveTTL
 			}

@@ -36,6 +36,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwk"
@@ -62,6 +63,7 @@ type Authorizer struct {
 	now        func() time.Time
 
 	group     singleflight.Group
+	waiting   atomic.Int64 // callers waiting in flight, for tests
 	tokens    *ttlCache[*tokenEntry]
 	callerTok *ttlCache[callerToken] // by authz.HashToken, patient_lookup_token caller only
 	patients  *ttlCache[*patientEntry]
@@ -225,7 +227,16 @@ func (a *Authorizer) decide(r *http.Request, e *tokenEntry) (*authz.Principal, e
 	if deny := a.audienceDeny(r.Context(), e.aud); deny != nil {
 		return nil, deny
 	}
-	return e.result()
+	p, err := e.result()
+	if err != nil {
+		return nil, err
+	}
+	// A cached decision is as good as the token's exp: checked on every
+	// request, whatever the cache holds.
+	if err := authz.CheckExpiry(p, a.now()); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // audienceDeny checks an introspected audience. The introspection answer
@@ -275,7 +286,16 @@ func (a *Authorizer) store(key, token string, e *tokenEntry) {
 	}
 	a.tokens.put(key, e, exp, now)
 	if a.callerTok != nil {
-		a.callerTok.put(e.principal.TokenHash, callerToken{token: token, patient: e.principal.Patient}, exp, now)
+		// The patient lookup right after this needs the caller's token,
+		// even when cache_ttl 0 keeps no decision.
+		callerExp := exp
+		if a.s.cacheTTL <= 0 {
+			callerExp = now.Add(time.Minute)
+			if p := e.principal; !p.Expires.IsZero() && p.Expires.Before(callerExp) {
+				callerExp = p.Expires
+			}
+		}
+		a.callerTok.put(e.principal.TokenHash, callerToken{token: token, patient: e.principal.Patient}, callerExp, now)
 	}
 }
 
@@ -322,7 +342,10 @@ func (a *Authorizer) checkIntrospected(c *claims) *authz.Error {
 	switch {
 	case !c.active:
 		return authz.Unauthorized("the access token is not active", nil)
-	case !c.exp.IsZero() && !now.Before(c.exp.Add(leeway)):
+	case !c.exp.IsZero() && !now.Before(c.exp):
+		// No leeway on exp: an authorization server answering active for
+		// a token past its own exp is not believed (IG: expired tokens
+		// are refused on every request).
 		return authz.Unauthorized("the access token has expired", nil)
 	case !c.nbf.IsZero() && now.Add(leeway).Before(c.nbf):
 		return authz.Unauthorized("the access token is not valid yet", nil)
@@ -333,29 +356,88 @@ func (a *Authorizer) checkIntrospected(c *claims) *authz.Error {
 }
 
 // principal applies the scope and patient-context rules to valid claims.
+// A token with a patient in context is an App Launch token: it needs a
+// patient ImagingStudy scope and never gains system access. A token
+// without one is a Backend Services client: it needs a system
+// ImagingStudy scope and a backend_client entry (its pre-authorized
+// patients); a missing patient context is never system access on its own.
 func (a *Authorizer) principal(c *claims, hash string) (*authz.Principal, *authz.Error) {
-	if !authz.HasPatientReadScope(c.scopes, "ImagingStudy") && !a.acceptedScope(c.scopes) {
-		return nil, &authz.Error{Status: http.StatusForbidden, Code: "forbidden",
-			Message:   "the access token's scopes do not allow reading imaging for a patient (patient/ImagingStudy.rs or patient/ImagingStudy.read needed)",
-			Challenge: `Bearer error="insufficient_scope", error_description="patient-level ImagingStudy read needed", scope="patient/ImagingStudy.rs"`}
+	user := c.fhirUser
+	if user == "" {
+		user = c.sub
+	}
+	p := &authz.Principal{
+		Scopes:    c.scopes,
+		ClientID:  c.clientID,
+		User:      user,
+		Expires:   a.expiresOf(c),
+		TokenHash: hash,
+	}
+	if ref, _ := a.patientRef(c); ref == "" {
+		if deny := a.backendPrincipal(c, p); deny != nil {
+			return nil, deny
+		}
+		return p, nil
+	}
+	g := authz.ReadScopes(c.scopes, "patient", "ImagingStudy")
+	if !g.Granted && !a.acceptedScope(c.scopes) {
+		return nil, insufficientScope("patient", g.Ignored)
 	}
 	id, deny := a.patientOf(c)
 	if deny != nil {
 		return nil, deny
 	}
-	user := c.fhirUser
-	if user == "" {
-		user = c.sub
+	p.Patient, p.PatientReference = id, a.s.fhirBase+"/Patient/"+id
+	if g.Granted {
+		p.Modalities, p.IgnoredScopes = g.Modalities, g.Ignored
 	}
-	return &authz.Principal{
-		Patient:          id,
-		PatientReference: a.s.fhirBase + "/Patient/" + id,
-		Scopes:           c.scopes,
-		ClientID:         c.clientID,
-		User:             user,
-		Expires:          c.exp,
-		TokenHash:        hash,
-	}, nil
+	return p, nil
+}
+
+// backendPrincipal fills p for a token without patient context: a
+// configured backend client with a system ImagingStudy scope, or a 403.
+func (a *Authorizer) backendPrincipal(c *claims, p *authz.Principal) *authz.Error {
+	g := authz.ReadScopes(c.scopes, "system", "ImagingStudy")
+	if !g.Granted {
+		if authz.ReadScopes(c.scopes, "patient", "ImagingStudy").Granted || a.acceptedScope(c.scopes) {
+			return authz.Forbidden("the access token has no patient in context; patient scopes need one (no patient context is never system access)")
+		}
+		return insufficientScope("system", g.Ignored)
+	}
+	if len(a.s.backendClients) == 0 {
+		deny := insufficientScope("patient", nil)
+		deny.Message = "the access token has no patient in context, and this route does not offer SMART Backend Services: system scopes grant nothing here (no backend_client is configured)"
+		return deny
+	}
+	bc, ok := a.s.backendClients[c.clientID]
+	if !ok || c.clientID == "" {
+		return authz.Forbidden("the access token has no patient in context, and its client is not a backend client of this route: its system scopes grant nothing here")
+	}
+	p.Backend = true
+	p.Patients, p.AllPatients = slices.Clone(bc.Patients), bc.AllPatients
+	p.Modalities, p.IgnoredScopes = g.Modalities, g.Ignored
+	return nil
+}
+
+// insufficientScope is the 403 for a token whose scopes grant no read of
+// ImagingStudy in context, naming scopes ignored for their query.
+func insufficientScope(context string, ignored []string) *authz.Error {
+	msg := "the access token's scopes do not allow reading imaging (" + context + "/ImagingStudy.rs or " + context + "/ImagingStudy.read needed)"
+	if len(ignored) > 0 {
+		msg += "; ignored for a query this server does not understand: " + strings.Join(ignored, " ")
+	}
+	return &authz.Error{Status: http.StatusForbidden, Code: "forbidden", Message: msg,
+		Challenge: `Bearer error="insufficient_scope", error_description="` + context + `-level ImagingStudy read needed", scope="` + context + `/ImagingStudy.rs"`}
+}
+
+// expiresOf is the token's exp or, when it has none, the time cache_ttl
+// from now: a token without exp is never taken to live forever. With
+// cache_ttl 0 it stays unknown (zero): every request is checked at the EHR.
+func (a *Authorizer) expiresOf(c *claims) time.Time {
+	if !c.exp.IsZero() || a.s.cacheTTL <= 0 {
+		return c.exp
+	}
+	return a.now().Add(a.s.cacheTTL)
 }
 
 func (a *Authorizer) acceptedScope(scopes []string) bool {
@@ -370,7 +452,21 @@ func (a *Authorizer) acceptedScope(scopes []string) bool {
 // patientOf finds the patient in context: the "patient" claim, or per
 // patient_claim a fhirUser naming a Patient, or sub.
 func (a *Authorizer) patientOf(c *claims) (string, *authz.Error) {
-	ref, source := c.patient, "patient"
+	ref, source := a.patientRef(c)
+	if ref == "" {
+		return "", authz.Forbidden("the access token has no patient in context; this server only grants patient-level access")
+	}
+	id, ok := authz.PatientIDFromReference(ref, a.s.fhirBase)
+	if !ok || !fhirid.Valid(id) {
+		return "", authz.Forbidden("the access token's " + source + " does not name a Patient of this EHR")
+	}
+	return id, nil
+}
+
+// patientRef is where the patient in context comes from, and its value
+// ("" when the token has none).
+func (a *Authorizer) patientRef(c *claims) (ref, source string) {
+	ref, source = c.patient, "patient"
 	if ref == "" {
 		switch a.s.patientClaim {
 		case "fhirUser":
@@ -381,14 +477,7 @@ func (a *Authorizer) patientOf(c *claims) (string, *authz.Error) {
 			ref, source = c.sub, "sub"
 		}
 	}
-	if ref == "" {
-		return "", authz.Forbidden("the access token has no patient in context; this server only grants patient-level access")
-	}
-	id, ok := authz.PatientIDFromReference(ref, a.s.fhirBase)
-	if !ok || !fhirid.Valid(id) {
-		return "", authz.Forbidden("the access token's " + source + " does not name a Patient of this EHR")
-	}
-	return id, nil
+	return ref, source
 }
 
 // namesPatient reports whether a fhirUser value is a Patient reference:
@@ -425,6 +514,8 @@ func failFields(fail *authz.Error) []zap.Field {
 func (a *Authorizer) flight(ctx context.Context, key string, fn func(context.Context) (any, error)) (any, error) {
 	detached := context.WithoutCancel(ctx)
 	ch := a.group.DoChan(key, func() (any, error) { return fn(detached) })
+	a.waiting.Add(1) // joined: counted only once DoChan has registered it
+	defer a.waiting.Add(-1)
 	select {
 	case r := <-ch:
 		if r.Err != nil {

@@ -3,8 +3,9 @@
 //
 // A token is a JWE in compact serialization, alg "dir", enc "A256GCM", with a
 // "kid" protected header naming the key. Its payload binds one study to one
-// patient and one route until an expiry, and is confidential: nothing about
-// the patient shows in the URL. Keys rotate: the current key mints, previous
+// patient, one route and the access token (or grant) that searched, until
+// an expiry, and is confidential: nothing about the patient shows in the
+// URL, and the access token is present only as a keyed hash. Keys rotate: the current key mints, previous
 // keys still open.
 package studytoken
 
@@ -58,6 +59,14 @@ type Claims struct {
 	Expiry time.Time
 	// IssuedAt is when the token was minted (second precision).
 	IssuedAt time.Time
+	// Binding is the keyed hash (Keyring.Bind) of what the token is bound
+	// to: the access token, or the grant (BindingOf). Empty only for
+	// routes without patient binding.
+	Binding string
+	// Modalities, when set, are the modalities of the study a
+	// modality-restricted access token was allowed to see; nil when the
+	// token that searched had no modality restriction.
+	Modalities []string
 }
 
 // wireClaims is the JSON payload. Pointers tell a missing claim from an
@@ -68,6 +77,9 @@ type wireClaims struct {
 	Route    *string `json:"rt"`
 	Expiry   *int64  `json:"exp"`
 	IssuedAt *int64  `json:"iat"`
+	Binding  *string `json:"bnd"`
+	// Modalities is left out when unrestricted.
+	Modalities []string `json:"mod,omitempty"`
 }
 
 type key struct {
@@ -156,7 +168,7 @@ func (k *Keyring) Mint(c Claims) (string, error) {
 	}
 	payload, err := json.Marshal(wireClaims{
 		StudyUID: &c.StudyUID, Patient: &c.Patient, Route: &c.Route,
-		Expiry: &exp, IssuedAt: &iat,
+		Expiry: &exp, IssuedAt: &iat, Binding: &c.Binding, Modalities: c.Modalities,
 	})
 	if err != nil {
 		return "", fmt.Errorf("minting study token: encoding claims: %w", err)
@@ -215,15 +227,17 @@ func (k *Keyring) Open(token string, now time.Time) (Claims, error) {
 	if err := json.Unmarshal(payload, &w); err != nil {
 		return Claims{}, fmt.Errorf("%w: claims are not JSON: %w", ErrInvalid, err)
 	}
-	if w.StudyUID == nil || *w.StudyUID == "" || w.Patient == nil || w.Route == nil || w.Expiry == nil || w.IssuedAt == nil {
+	if w.StudyUID == nil || *w.StudyUID == "" || w.Patient == nil || w.Route == nil || w.Expiry == nil || w.IssuedAt == nil || w.Binding == nil {
 		return Claims{}, fmt.Errorf("%w: missing claims", ErrInvalid)
 	}
 	c := Claims{
-		StudyUID: *w.StudyUID,
-		Patient:  *w.Patient,
-		Route:    *w.Route,
-		Expiry:   time.Unix(*w.Expiry, 0),
-		IssuedAt: time.Unix(*w.IssuedAt, 0),
+		StudyUID:   *w.StudyUID,
+		Patient:    *w.Patient,
+		Route:      *w.Route,
+		Expiry:     time.Unix(*w.Expiry, 0),
+		IssuedAt:   time.Unix(*w.IssuedAt, 0),
+		Binding:    *w.Binding,
+		Modalities: w.Modalities,
 	}
 	if _, err := checkExpiry(c, now); err != nil {
 		return Claims{}, err

@@ -13,10 +13,13 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smart-imaging/smart_imaging/authz"
 )
 
 var (
@@ -35,7 +38,16 @@ func sampleClaims() Claims {
 		Route:    "smart-sandbox",
 		IssuedAt: now,
 		Expiry:   now.Add(time.Hour),
+		Binding:  mustKeyringNoT(keyA).Bind(BindingOf(BindToken, "access-token-1", &authz.Principal{Patient: "87a339d0-8cae-418e-89c7-8651e6aab3c6"})),
 	}
+}
+
+func mustKeyringNoT(key []byte) *Keyring {
+	k, err := NewKeyring(key)
+	if err != nil {
+		panic(err)
+	}
+	return k
 }
 
 func mustKeyring(t testing.TB, current []byte, previous ...[]byte) *Keyring {
@@ -284,7 +296,7 @@ func craft(t testing.TB, key []byte, header string, payload []byte) string {
 func claimsJSON(c Claims) []byte {
 	b, _ := json.Marshal(map[string]any{
 		"uid": c.StudyUID, "pat": c.Patient, "rt": c.Route,
-		"exp": c.Expiry.Unix(), "iat": c.IssuedAt.Unix(),
+		"exp": c.Expiry.Unix(), "iat": c.IssuedAt.Unix(), "bnd": c.Binding,
 	})
 	return b
 }
@@ -692,7 +704,7 @@ func TestOpenRemembersOnlyTokensThatOpened(t *testing.T) {
 		t.Fatal(err)
 	}
 	again, err := k.Open(tok, now)
-	if err != nil || again != first {
+	if err != nil || !reflect.DeepEqual(again, first) {
 		t.Fatalf("second open: %+v, %v; want %+v", again, err, first)
 	}
 	other := mustKeyring(t, keyB)

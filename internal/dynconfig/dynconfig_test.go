@@ -82,6 +82,7 @@ func TestParseRefusesOperatorFields(t *testing.T) {
 		`"jwks_url":"https://ehr.example.org/jwks"`, `"introspection_endpoint":"https://ehr.example.org/introspect"`,
 		`"token_endpoint":"https://ehr.example.org/token"`, `"scope":"system/*.rs"`, `"cache_ttl":"8760h"`,
 		`"inactive_cache_ttl":"1h"`, `"cache_size":1000000000`, `"timeout":"1h"`, `"something_new":true`,
+		`"backend_clients":[{"client_id":"x","all_patients":true}]`, `"cache_ttl":0`,
 	} {
 		name := strings.Trim(strings.SplitN(f, ":", 2)[0], `"`)
 		authz := strings.TrimSuffix(smartOK, "}") + "," + f + "}"
@@ -97,6 +98,9 @@ func TestParseRefusesOperatorFields(t *testing.T) {
 	}
 	_, err := parse(t, testPolicy(), doc(smartOK, pacsOK, `,"study_token_key":"AAAA"`))
 	wantRefusal(t, err, "study_token_key", ErrNotSettable)
+	// A URL never chooses what study addresses are bound to.
+	_, err = parse(t, testPolicy(), doc(smartOK, pacsOK, `,"study_token_binding":"grant"`))
+	wantRefusal(t, err, "study_token_binding", ErrNotSettable)
 	_, err = parse(t, testPolicy(), doc(smartOK, pacsOK, `,"dynamic_config":{"allow_hosts":["*"]}`))
 	wantRefusal(t, err, "dynamic_config", ErrNotSettable)
 }

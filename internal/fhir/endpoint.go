@@ -6,16 +6,22 @@ package fhir
 // client appends /studies/{uid}). id may be empty, as for a response-local
 // urn:uuid entry.
 //
-// The requires-access-token extension (valueBoolean true) is added under the
-// IG 0.1 URL and the 2023 S4S URL: the latest IG text dropped it, but older
-// clients look for it and an extra extension is harmless.
-func WADOEndpoint(id, address string) Endpoint {
-	return Endpoint{
-		ID: id,
-		Extension: []Extension{
+// When requiresToken is set, the requires-access-token extension
+// (valueBoolean true) is added under the IG 0.1 URL and the 2023 S4S URL:
+// the latest IG text dropped it, but older clients look for it. It is left
+// out where it would not be true (a route that needs no access token).
+func WADOEndpoint(id, address string, requiresToken bool) Endpoint {
+	var ext []Extension
+	if requiresToken {
+		// Not in the latest IG; kept for older clients, only where true.
+		ext = []Extension{
 			{URL: ExtRequiresAccessToken, ValueBoolean: ptr(true)},
 			{URL: ExtRequiresAccessTokenS4S, ValueBoolean: ptr(true)},
-		},
+		}
+	}
+	return Endpoint{
+		ID:             id,
+		Extension:      ext,
 		Status:         "active",
 		ConnectionType: Coding{System: SystemConnectionType, Code: "dicom-wado-rs"},
 		PayloadType: []CodeableConcept{{

@@ -113,10 +113,7 @@ func ImagingStudyFrom(st imagesource.Study, opts MapOptions) ImagingStudy {
 		is.Series = append(is.Series, sr)
 	}
 
-	modalities := uniq(texts(ds, dicomjson.TagModalitiesInStudy))
-	if len(modalities) == 0 {
-		modalities = uniq(seriesModalities)
-	}
+	modalities := modalitiesOf(ds, seriesModalities)
 	for _, m := range modalities {
 		is.Modality = append(is.Modality, Coding{System: SystemDCM, Code: m})
 	}
@@ -458,4 +455,23 @@ func atoi(s string) int {
 		n = n*10 + int(s[i]-'0')
 	}
 	return n
+}
+
+// StudyModalities are the modalities ImagingStudy.modality lists for st:
+// ModalitiesInStudy, else its series' modalities, without repeats.
+func StudyModalities(st imagesource.Study) []string {
+	var series []string
+	for _, s := range st.Series {
+		if m := text(s.Attributes, dicomjson.TagModality); m != "" {
+			series = append(series, m)
+		}
+	}
+	return modalitiesOf(st.Attributes, series)
+}
+
+func modalitiesOf(ds dicomjson.Dataset, series []string) []string {
+	if m := uniq(texts(ds, dicomjson.TagModalitiesInStudy)); len(m) > 0 {
+		return m
+	}
+	return uniq(series)
 }

@@ -72,7 +72,7 @@ func BenchmarkSearchBundle(b *testing.B) {
 			ref := fmt.Sprintf("urn:uuid:0f0e0d0c-0b0a-0908-0706-0504030201%02d", i)
 			is := ImagingStudyFrom(st, MapOptions{Subject: Reference{Reference: "Patient/bench-patient"}, EndpointRef: ref})
 			bundle.AddMatch("http://127.0.0.1/bench/fhir/ImagingStudy/"+is.ID, is)
-			bundle.AddInclude(ref, WADOEndpoint("", "http://127.0.0.1/bench/wado/token"))
+			bundle.AddInclude(ref, WADOEndpoint("", "http://127.0.0.1/bench/wado/token", true))
 		}
 		WriteJSON(w, http.StatusOK, bundle)
 	}

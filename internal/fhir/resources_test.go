@@ -15,7 +15,7 @@ import (
 )
 
 func TestWADOEndpoint(t *testing.T) {
-	ep := WADOEndpoint("", "https://imaging.example.org/ehr/wado/tok")
+	ep := WADOEndpoint("", "https://imaging.example.org/ehr/wado/tok", true)
 	b := mustValid(t, ep)
 	var got map[string]any
 	if err := json.Unmarshal(b, &got); err != nil {
@@ -47,8 +47,17 @@ func TestWADOEndpoint(t *testing.T) {
 	if !reflect.DeepEqual(exts, want) {
 		t.Errorf("extensions = %v, want %v", exts, want)
 	}
+	// An open route needs no token: the extension would be false there,
+	// so it is left out.
+	open, err := json.Marshal(WADOEndpoint("", "https://x.example/wado/tok", false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(open), "requires-access-token") {
+		t.Errorf("an open route's Endpoint claims a token is required: %s", open)
+	}
 
-	withID := mustValid(t, WADOEndpoint("e", "https://x.example/wado"))
+	withID := mustValid(t, WADOEndpoint("e", "https://x.example/wado", true))
 	if !strings.Contains(string(withID), `"id":"e"`) {
 		t.Errorf("id missing: %s", withID)
 	}
@@ -178,7 +187,7 @@ func TestCapabilityStatementWithoutOAuth(t *testing.T) {
 
 func TestSearchBundle(t *testing.T) {
 	b := NewSearchBundle("https://imaging.example.org/ehr/fhir/ImagingStudy?patient=123")
-	ep := WADOEndpoint("", "https://imaging.example.org/ehr/wado/tok")
+	ep := WADOEndpoint("", "https://imaging.example.org/ehr/wado/tok", true)
 	const epURL = "urn:uuid:7d30f876-3d28-4c21-9f9d-13bfa9dd42a0"
 	for _, uid := range []string{"1.2.3", "1.2.4"} {
 		ds := dicomjson.Dataset{}

@@ -113,6 +113,12 @@ type TokenSpec struct {
 	Alg jwa.SignatureAlgorithm
 	// Extra claims are added to the JWT and the introspection response.
 	Extra map[string]any
+	// ActiveAfterExp makes introspection keep answering active: true, with
+	// the past exp, after the token expired (a misbehaving authorization
+	// server).
+	ActiveAfterExp bool
+	// OmitExp leaves exp out of the introspection response.
+	OmitExp bool
 }
 
 // Client is an OAuth client registered at the EHR (the gateway).
@@ -743,7 +749,7 @@ func (e *EHR) lookup(tok string) (*issued, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	t, ok := e.tokens[tok]
-	if !ok || t.revoked || !time.Now().Before(t.spec.Exp) {
+	if !ok || t.revoked || !time.Now().Before(t.spec.Exp) && !t.spec.ActiveAfterExp {
 		return nil, false
 	}
 	cp := *t
@@ -790,6 +796,9 @@ func (e *EHR) serveIntrospect(w http.ResponseWriter, r *http.Request) {
 		"iss":        s.Iss,
 		"exp":        s.Exp.Unix(),
 		"token_type": "Bearer",
+	}
+	if s.OmitExp {
+		delete(resp, "exp")
 	}
 	if len(s.Aud) == 1 {
 		resp["aud"] = s.Aud[0]
