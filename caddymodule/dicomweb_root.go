@@ -13,7 +13,6 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/authz"
 	"github.com/smart-imaging/smart_imaging/imagesource"
-	"github.com/smart-imaging/smart_imaging/imagesource/byterange"
 	"github.com/smart-imaging/smart_imaging/imagesource/dicomjson"
 	"github.com/smart-imaging/smart_imaging/imagesource/studyzip"
 	"github.com/smart-imaging/smart_imaging/imagesource/wadopath"
@@ -363,28 +362,6 @@ func (h *Handler) serveZip(w http.ResponseWriter, r *http.Request, req imagesour
 		return nil
 	}
 	if !errors.Is(err, studyzip.ErrStarted) {
-		return h.fail(w, r, err)
-	}
-	rec := auditFrom(r)
-	rec.allowed, rec.reason = true, "stream aborted: "+err.Error()
-	panic(http.ErrAbortHandler)
-}
-
-// runRetrieve hands a checked retrieval to the source; a stream that
-// breaks after it started aborts the connection.
-func (h *Handler) runRetrieve(w http.ResponseWriter, r *http.Request, req imagesource.Retrieval) error {
-	start := time.Now()
-	defer func() {
-		metricSourceDuration.WithLabelValues(h.metricRoute(r), "retrieve").Observe(time.Since(start).Seconds())
-	}()
-	err := h.source.Retrieve(byterange.Wrap(w, r), r, req)
-	if err == nil {
-		return nil
-	}
-	if _, ok := imagesource.AsError(err); ok {
-		return h.fail(w, r, err)
-	}
-	if cw, ok := w.(*countingWriter); ok && cw.status == 0 {
 		return h.fail(w, r, err)
 	}
 	rec := auditFrom(r)

@@ -79,27 +79,32 @@ func (h *Handler) serveWADO(w http.ResponseWriter, r *http.Request, rest string)
 			return h.zipStudy(w, r, req)
 		}
 
-		start := time.Now()
-		defer func() {
-			metricSourceDuration.WithLabelValues(h.metricRoute(r), "retrieve").Observe(time.Since(start).Seconds())
-		}()
-		err = h.source.Retrieve(byterange.Wrap(w, r), r, req)
-		if err != nil {
-			if _, ok := imagesource.AsError(err); ok {
-				return h.fail(w, r, err)
-			}
-			if cw, ok := w.(*countingWriter); ok && cw.status == 0 {
-				return h.fail(w, r, err)
-			}
-			// The answer had started when the stream broke: abort the
-			// connection so the client sees a broken transfer, never a
-			// well-formed short one.
-			rec := auditFrom(r)
-			rec.allowed, rec.reason = true, "stream aborted: "+err.Error()
-			panic(http.ErrAbortHandler)
-		}
-		return nil
+		return h.runRetrieve(w, r, req)
 	})
+}
+
+// runRetrieve hands a checked retrieval to the source; a stream that
+// breaks after it started aborts the connection.
+func (h *Handler) runRetrieve(w http.ResponseWriter, r *http.Request, req imagesource.Retrieval) error {
+	start := time.Now()
+	defer func() {
+		metricSourceDuration.WithLabelValues(h.metricRoute(r), "retrieve").Observe(time.Since(start).Seconds())
+	}()
+	err := h.source.Retrieve(byterange.Wrap(w, r), r, req)
+	if err == nil {
+		return nil
+	}
+	if _, ok := imagesource.AsError(err); ok {
+		return h.fail(w, r, err)
+	}
+	if cw, ok := w.(*countingWriter); ok && cw.status == 0 {
+		return h.fail(w, r, err)
+	}
+	// The answer had started when the stream broke: abort the connection
+	// so the client sees a broken transfer, never a well-formed short one.
+	rec := auditFrom(r)
+	rec.allowed, rec.reason = true, "stream aborted: "+err.Error()
+	panic(http.ErrAbortHandler)
 }
 
 func resourceSuffix(r wadopath.Resource) string {
