@@ -18,6 +18,7 @@ import (
 
 	"github.com/smart-imaging/smart_imaging/authz/smart"
 	"github.com/smart-imaging/smart_imaging/imagesource"
+	"github.com/smart-imaging/smart_imaging/imagesource/dicomweb"
 	"github.com/smart-imaging/smart_imaging/internal/dynconfig"
 )
 
@@ -395,10 +396,7 @@ func (d *dynamicTenants) authzJSON(a dynconfig.Authz) []byte {
 // everything the URL may not set.
 func imagesJSON(im dynconfig.Images) []byte {
 	return caddyconfig.JSONModuleObject(DICOMwebImages{
-		BaseURL:  im.BaseURL,
-		Lookup:   imagesource.Lookup(im.Lookup),
-		Username: im.Username,
-		Password: im.Password,
-		Bearer:   im.Bearer,
+		Config: dicomweb.Config{BaseURL: im.BaseURL, Username: im.Username, Password: im.Password, Bearer: im.Bearer},
+		Lookup: imagesource.Lookup(im.Lookup),
 	}, "kind", dynconfig.ImagesDICOMweb, nil)
 }

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -44,25 +43,13 @@ const DefaultPACSReadBuffer = 128 << 10
 // load balancing, health checks and transport are configurable) and stream
 // to the client with the PACS's URLs rewritten onto the gateway.
 type DICOMwebImages struct {
-	// BaseURL is the PACS's DICOMweb root, e.g.
-	// http://pacs.internal:8042/dicom-web. Placeholders such as
-	// {env.PACS_URL} are resolved at start.
-	BaseURL string `json:"base_url,omitempty"`
+	// Config is the source's own configuration, used as it is: base_url,
+	// username, password, bearer, qido_timeout, max_concurrent_qido,
+	// pacs_urls (placeholders such as {env.PACS_URL} are resolved at
+	// start).
+	dicomweb.Config
 	// Lookup is "studies-by-mrn" (default) or "all-studies".
 	Lookup imagesource.Lookup `json:"lookup,omitempty"`
-	// Username and Password are sent as HTTP Basic credentials to the PACS
-	// (placeholders resolved at start).
-	Username string `json:"username,omitempty"`
-	Password string `json:"password,omitempty"`
-	// Bearer is sent as a bearer token to the PACS instead.
-	Bearer string `json:"bearer,omitempty"`
-	// QIDOTimeout bounds each QIDO-RS call. Default 30s.
-	QIDOTimeout caddy.Duration `json:"qido_timeout,omitempty"`
-	// MaxConcurrentQIDO bounds the QIDO-RS calls of one search. Default 4.
-	MaxConcurrentQIDO int `json:"max_concurrent_qido,omitempty"`
-	// PACSURLs are other DICOMweb roots the PACS writes into its answers,
-	// rewritten onto the gateway like BaseURL.
-	PACSURLs []string `json:"pacs_urls,omitempty"`
 	// Proxy is the reverse proxy that carries WADO-RS retrieves. Its
 	// upstreams default to the base URL's host and port; its transport to
 	// http (with TLS for an https base URL) with keep-alive idle time
@@ -85,14 +72,12 @@ func (DICOMwebImages) CaddyModule() caddy.ModuleInfo {
 // I/O.
 func (m *DICOMwebImages) Provision(ctx caddy.Context) error {
 	repl := caddy.NewReplacer()
-	cfg := dicomweb.Config{
-		BaseURL:           repl.ReplaceKnown(m.BaseURL, ""),
-		Username:          repl.ReplaceKnown(m.Username, ""),
-		Password:          repl.ReplaceKnown(m.Password, ""),
-		Bearer:            repl.ReplaceKnown(m.Bearer, ""),
-		QIDOTimeout:       time.Duration(m.QIDOTimeout),
-		MaxConcurrentQIDO: m.MaxConcurrentQIDO,
-	}
+	cfg := m.Config
+	cfg.BaseURL = repl.ReplaceKnown(m.BaseURL, "")
+	cfg.Username = repl.ReplaceKnown(m.Username, "")
+	cfg.Password = repl.ReplaceKnown(m.Password, "")
+	cfg.Bearer = repl.ReplaceKnown(m.Bearer, "")
+	cfg.PACSURLs = nil
 	for _, u := range m.PACSURLs {
 		cfg.PACSURLs = append(cfg.PACSURLs, repl.ReplaceKnown(u, ""))
 	}

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
@@ -50,8 +51,9 @@ type Config struct {
 	Password string `json:"password,omitempty"`
 	// Bearer is sent as "Authorization: Bearer …" (instead of Basic).
 	Bearer string `json:"bearer,omitempty"`
-	// QIDOTimeout bounds each QIDO-RS call. Default 30s.
-	QIDOTimeout time.Duration `json:"qido_timeout,omitempty"`
+	// QIDOTimeout bounds each QIDO-RS call. Default 30s. A caddy.Duration,
+	// so that the Caddy module embeds this struct as its JSON ("30s").
+	QIDOTimeout caddy.Duration `json:"qido_timeout,omitempty"`
 	// MaxConcurrentQIDO bounds the QIDO-RS calls one search issues at a
 	// time. Default 4 (Orthanc serializes QIDO internally anyway).
 	MaxConcurrentQIDO int `json:"max_concurrent_qido,omitempty"`
@@ -116,7 +118,7 @@ func New(cfg Config, proxy Proxy, client *http.Client, logger *zap.Logger) (*Sou
 		proxy:   proxy,
 		client:  client,
 		logger:  logger,
-		timeout: cfg.QIDOTimeout,
+		timeout: time.Duration(cfg.QIDOTimeout),
 		maxConc: cfg.MaxConcurrentQIDO,
 	}
 	if s.client == nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/caddyserver/caddy/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -335,7 +336,7 @@ func TestFindStudiesTimeout(t *testing.T) {
 		case <-r.Context().Done():
 		case <-release:
 		}
-	}), Config{QIDOTimeout: 100 * time.Millisecond})
+	}), Config{QIDOTimeout: caddy.Duration(100 * time.Millisecond)})
 	_, err := s.FindStudies(context.Background(), imagesource.Query{PatientIDs: []pacskey.PatientKey{"A"}})
 	if e, ok := imagesource.AsError(err); !ok || e.Status != http.StatusGatewayTimeout || !strings.Contains(e.Message, "100ms") {
 		t.Fatalf("err = %v, want a 504 naming the 100ms bound", err)
