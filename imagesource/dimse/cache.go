@@ -18,7 +18,10 @@ import (
 )
 
 // The cache holds the instances of retrieved studies in a private
-// directory (0700, files 0600) made under the configured cache_dir. Every
+// directory (0700, files 0600) made under the configured cache_dir and
+// locked for its life (cachedir_flock.go), so that the directories a killed
+// gateway left behind are found and removed when a source next starts
+// there, and never one a live source holds. Every
 // byte written is reserved first, so the files on disk never exceed the
 // limit: a reservation evicts the least recently used complete studies
 // nobody is reading, and when that is not enough the study being received
@@ -36,6 +39,7 @@ var (
 
 type cache struct {
 	root     string
+	lock     *os.File // holds root's flock(2) until root is removed (nil where there is none)
 	limit    int64
 	ttl      time.Duration
 	roomWait time.Duration
@@ -104,16 +108,18 @@ func newCache(parent string, limit int64, ttl, wait time.Duration, log *zap.Logg
 	if err := os.MkdirAll(parent, 0o700); err != nil {
 		return nil, fmt.Errorf("dimse image source: cache_dir: %w", err)
 	}
-	root, err := os.MkdirTemp(parent, "smart-imaging-dimse-*")
+	removeStaleCacheDirs(parent, log)
+	root, lock, err := makeCacheDir(parent)
 	if err != nil {
 		return nil, fmt.Errorf("dimse image source: cache_dir: %w", err)
 	}
 	if err := os.Chmod(root, 0o700); err != nil {
 		os.RemoveAll(root)
+		closeLock(lock)
 		return nil, fmt.Errorf("dimse image source: cache_dir: %w", err)
 	}
 	base, cancel := context.WithCancel(context.Background())
-	c := &cache{root: root, limit: limit, ttl: ttl, roomWait: wait, log: log, base: base, cancel: cancel,
+	c := &cache{root: root, lock: lock, limit: limit, ttl: ttl, roomWait: wait, log: log, base: base, cancel: cancel,
 		studies: map[string]*entry{}, all: map[*entry]bool{}, space: make(chan struct{}), stop: make(chan struct{})}
 	c.wg.Add(1)
 	go c.janitor()
@@ -139,10 +145,21 @@ func (c *cache) close() error {
 	c.mu.Lock()
 	c.all, c.studies, c.used = map[*entry]bool{}, map[string]*entry{}, 0
 	c.mu.Unlock()
-	if err := os.RemoveAll(c.root); err != nil {
+	// The lock is released only after the directory is gone, so no
+	// other gateway's sweep races this removal.
+	err := os.RemoveAll(c.root)
+	closeLock(c.lock)
+	if err != nil {
 		return fmt.Errorf("dimse image source: remove cache: %w", err)
 	}
 	return nil
+}
+
+// closeLock releases a cache directory's lock, if it has one.
+func closeLock(f *os.File) {
+	if f != nil {
+		f.Close()
+	}
 }
 
 // janitor removes studies unused for longer than the TTL.

@@ -57,7 +57,9 @@ type Config struct {
 	// reloads). The receiver starts with the first C-MOVE.
 	ListenFunc func() (net.Listener, error)
 	// CacheDir is where a private cache directory is made (default: the
-	// system temporary directory).
+	// system temporary directory). It may be shared by several sources and
+	// processes; New removes the cache directories in it that no live
+	// source holds.
 	CacheDir string
 	// CacheSize bounds the bytes of cached instances. Default 20 GiB.
 	CacheSize int64
@@ -83,8 +85,10 @@ type Source struct {
 
 var _ imagesource.Source = (*Source)(nil)
 
-// New checks cfg, makes the private cache directory and, for C-MOVE,
-// starts the C-STORE receiver. It does not contact the PACS.
+// New checks cfg, removes the cache directories under cfg.CacheDir left
+// by sources that are gone (a killed gateway's), makes and locks its own
+// private cache directory and, for C-MOVE, starts the C-STORE receiver. It
+// does not contact the PACS.
 func New(cfg Config, logger *zap.Logger) (*Source, error) {
 	if logger == nil {
 		logger = zap.NewNop()
