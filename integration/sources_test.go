@@ -77,8 +77,10 @@ import (
 //     code over its cache, so it behaves as the folder source there.
 //
 // What one source can do and the other cannot (not in the table):
-//   - A bare application/dicom instance or application/octet-stream frame:
-//     the folder source answers 200; Orthanc refuses (400, passed on).
+//   - A bare application/octet-stream frame: the folder source answers
+//     200; Orthanc refuses (400, passed on). (A bare application/dicom
+//     instance and single-part bulk data work on both: the dicomweb source
+//     asks Orthanc for multipart and sends the one part.)
 //   - A transfer-syntax other than the stored one: the folder source does
 //     not transcode (406); Orthanc transcodes (200).
 //   - thumbnail: the folder source renders one; Orthanc 1.7 has none (404).

@@ -1,12 +1,14 @@
 package dicomweb
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -112,6 +114,7 @@ func (s *Source) Retrieve(w http.ResponseWriter, r *http.Request, req imagesourc
 	if err != nil {
 		return err
 	}
+	accept, unwrap := multipartAccept(req.Path, accept)
 
 	r2 := r.Clone(r.Context())
 	r2.Method = http.MethodGet
@@ -140,6 +143,7 @@ func (s *Source) Retrieve(w http.ResponseWriter, r *http.Request, req imagesourc
 		repl:    publicBase + "/",
 		reqURL:  s.base.ResolveReference(&url.URL{Path: s.base.Path + "/" + rel}),
 		relPath: rel,
+		unwrap:  unwrap,
 	}
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
 		return caddyhttp.Error(http.StatusBadGateway, errors.New("dicomweb: the reverse proxy passed the request on instead of answering it"))
@@ -245,6 +249,51 @@ func upstreamAccept(p wadopath.Path, values []string) (string, error) {
 		"metadata is available as application/dicom+json only")
 }
 
+// multipartAccept turns a request for one single-part answer into a
+// request for the same answer as multipart: an instance asked for as
+// application/dicom only, or bulk data asked for as single-part types
+// only (application/octet-stream, …). Each media range becomes
+// multipart/related with the range as its type and its parameters
+// (transfer-syntax, q) kept; unwrap is true and the answer's one part is
+// sent single-part (see proxyWriter.unwrap).
+//
+// Multipart is always asked for, never single-part first: PS3.18 makes
+// every origin server answer these resources as multipart, while
+// single-part answers are optional and Orthanc (1.10's plugin) refuses
+// them with 400. One rule, one PACS round trip per request, on every PACS;
+// the part's own header gives the Content-Type and Content-Length that a
+// single-part answer (and a Range on it) needs.
+//
+// An Accept with a multipart range, a wildcard, a range that does not
+// parse, or none passes through unchanged: the client takes what the PACS
+// sends.
+func multipartAccept(p wadopath.Path, accept string) (string, bool) {
+	instance := p.Resource == wadopath.Objects && p.InstanceUID != "" && len(p.Frames) == 0
+	if (!instance && p.Resource != wadopath.Bulkdata) || strings.TrimSpace(accept) == "" {
+		return accept, false
+	}
+	var out []string
+	for _, part := range strings.Split(accept, ",") {
+		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
+		if err != nil || strings.Contains(mt, "*") || strings.HasPrefix(mt, "multipart/") ||
+			(instance && mt != "application/dicom") {
+			return accept, false
+		}
+		if q, err := strconv.ParseFloat(params["q"], 64); err == nil && q == 0 {
+			continue // not acceptable: not asked for
+		}
+		if _, ok := params["type"]; ok {
+			return accept, false
+		}
+		params["type"] = mt
+		out = append(out, mime.FormatMediaType("multipart/related", params))
+	}
+	if len(out) == 0 || slices.Contains(out, "") {
+		return accept, false
+	}
+	return strings.Join(out, ", "), true
+}
+
 // acceptsObjects reports whether an Accept header leaves room for DICOM
 // objects, the only answer a study, series or instance retrieve has:
 // multipart/related (whatever its type parameter: the PACS decides),
@@ -307,6 +356,11 @@ type proxyWriter struct {
 	// fault is the PACS fault that stopped the answer (an object of
 	// another study or patient, or one that cannot be checked).
 	fault error
+	// unwrap: the client asked for a single-part answer and the PACS was
+	// asked for multipart (multipartAccept). A multipart answer is sent
+	// as its one part's content, with that part's Content-Type and
+	// Content-Length, an object only once checked (modeUnwrap).
+	unwrap bool
 }
 
 // errUncheckable is wrapped when the PACS sends an object the gateway
@@ -333,6 +387,7 @@ const (
 	modeMultipartObjects                 // as modeMultipart, every part checked as a DICOM object
 	modeObject                           // one DICOM object, checked
 	modeMetadata                         // DICOM JSON, read whole and checked
+	modeUnwrap                           // one multipart part sent single-part (objects checked)
 )
 
 // bodyMode decides how the answer to the request's resource is handled,
@@ -379,6 +434,9 @@ func (pw *proxyWriter) bodyMode(code int) (bodyMode, string, *imagesource.Error)
 		default:
 			return modePass, "", nil
 		}
+	}
+	if pw.unwrap && isMultipart {
+		mode = modeUnwrap
 	}
 	if enc := strings.ToLower(strings.TrimSpace(pw.header.Get("Content-Encoding"))); enc != "" && enc != "identity" {
 		return 0, "", imagesource.Errorf(http.StatusBadGateway, "exception",
@@ -479,7 +537,45 @@ func (pw *proxyWriter) WriteHeader(code int) {
 		pw.body = newMultipartFilter(pw.out, boundary, pw.publicURL, pw.checkObject)
 	case modeObject:
 		pw.body = &objectFilter{dst: pw.out, check: pw.checkObject}
+	case modeUnwrap:
+		var check objectCheck
+		if pw.req.Path.Resource == wadopath.Objects {
+			check = pw.checkObject
+		}
+		pw.body = newUnwrapFilter(pw.out, boundary, check, func(hdr []byte) { singlePartHeader(out, hdr, pw.req.Path.Resource) })
 	}
+}
+
+// singlePartHeader sets the answer's Content-Type and Content-Length from
+// the header block of the one multipart part that is sent single-part. A
+// part without a Content-Type is application/dicom (an object) or
+// application/octet-stream (bulk data); one without a valid Content-Length
+// goes out without one (then no Range can be served on it).
+func singlePartHeader(out http.Header, hdr []byte, res wadopath.Resource) {
+	ct := "application/octet-stream"
+	if res == wadopath.Objects {
+		ct = "application/dicom"
+	}
+	out.Del("Content-Length")
+	for _, line := range bytes.Split(hdr, []byte("\r\n")) {
+		name, val, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		v := strings.TrimSpace(string(val))
+		switch n := strings.TrimSpace(string(name)); {
+		case strings.EqualFold(n, "Content-Type"):
+			if mt, _, err := mime.ParseMediaType(v); err == nil && !strings.HasPrefix(mt, "multipart/") &&
+				strings.IndexFunc(v, func(c rune) bool { return c < 0x20 || c == 0x7f }) < 0 {
+				ct = v
+			}
+		case strings.EqualFold(n, "Content-Length"):
+			if l, err := strconv.ParseInt(v, 10, 64); err == nil && l >= 0 {
+				out.Set("Content-Length", strconv.FormatInt(l, 10))
+			}
+		}
+	}
+	out.Set("Content-Type", ct)
 }
 
 // refuse keeps a success answer from the client: a PACS fault, logged.
@@ -562,7 +658,7 @@ func (pw *proxyWriter) Write(p []byte) (int, error) {
 		_, err = pw.out.Write(p)
 	}
 	if err != nil {
-		if errors.Is(err, imagesource.ErrForeignObject) || errors.Is(err, errUncheckable) {
+		if isFault(err) {
 			pw.noteFault(err)
 		}
 		return 0, err
@@ -593,12 +689,22 @@ func (pw *proxyWriter) abandon() {
 	pw.meta = nil
 }
 
+// isFault reports whether err stops an answer as a PACS fault: an object
+// of another study or patient, one that cannot be checked, or a
+// multipart answer to a single-part request that is not one part.
+func isFault(err error) bool {
+	return errors.Is(err, imagesource.ErrForeignObject) || errors.Is(err, errUncheckable) || errors.Is(err, errNotOnePart)
+}
+
 // faultError is what the client gets for a PACS fault found before any
 // byte went out.
 func faultError(err error) *imagesource.Error {
 	msg := "the PACS sent an object the gateway cannot check; nothing was passed on"
 	if errors.Is(err, imagesource.ErrForeignObject) {
 		msg = "the PACS answered with data of another study or patient; nothing was passed on"
+	}
+	if errors.Is(err, errNotOnePart) {
+		msg = "the PACS answered a request for one object or value with several parts or none; nothing was passed on"
 	}
 	if errors.Is(err, errMetadataSyntax) {
 		msg = "the PACS's metadata is not valid DICOM JSON"
@@ -627,7 +733,7 @@ func (pw *proxyWriter) finish(perr error) error {
 			err = fmt.Errorf("dicomweb: the PACS's answer broke off: %w", perr)
 		} else if pw.body != nil {
 			if cerr := pw.body.Close(); cerr != nil {
-				if errors.Is(cerr, imagesource.ErrForeignObject) || errors.Is(cerr, errUncheckable) {
+				if isFault(cerr) {
 					pw.noteFault(cerr)
 					if !pw.headSent() {
 						pw.out.discard()

@@ -351,7 +351,7 @@ func TestRetrieveObjectsAccept(t *testing.T) {
 	// DICOM objects, wildcards, an unquoted type and a range the gateway
 	// cannot parse pass through unchanged.
 	for _, accept := range []string{"", "*/*", `multipart/related; type="application/dicom"; transfer-syntax=*`,
-		"multipart/related; type=application/dicom", "application/zip, multipart/related", "application/dicom", "not a media type"} {
+		"multipart/related; type=application/dicom", "application/zip, multipart/related", "application/dicom, multipart/related", "not a media type"} {
 		if err := retrieve("studies/1.2/series/1.3/instances/1.4", accept); err != nil {
 			t.Errorf("Accept %q: %v", accept, err)
 			continue

@@ -129,6 +129,13 @@ type multipartFilter struct {
 	// unscanned: a part whose header gives its Content-Length is copied,
 	// not searched for the boundary (pixel data is most of a study).
 	skip int64
+	// onPart is set by unwrapping: only the content of the body's single
+	// part is written (no preamble, delimiters, part headers or
+	// epilogue), and onPart gets that part's raw header block before its
+	// first content byte is written (after its check, when there is one).
+	// A second part, or none, is errNotOnePart.
+	onPart func(hdr []byte)
+	parts  int
 }
 
 func newMultipartFilter(dst io.Writer, boundary string, uri func(string) (string, bool), check objectCheck) *multipartFilter {
@@ -138,6 +145,33 @@ func newMultipartFilter(dst io.Writer, boundary string, uri func(string) (string
 		delim: []byte("\r\n--" + boundary),
 		uri:   uri,
 		check: check,
+	}
+}
+
+// newUnwrapFilter is a multipartFilter that turns a multipart body of one
+// part into that part's content: see multipartFilter.onPart.
+func newUnwrapFilter(dst io.Writer, boundary string, check objectCheck, onPart func(hdr []byte)) *multipartFilter {
+	f := newMultipartFilter(dst, boundary, nil, check)
+	f.onPart = onPart
+	return f
+}
+
+// errNotOnePart reports a multipart answer to a single-part request that
+// holds several parts or none.
+var errNotOnePart = errors.New("dicomweb: the PACS answered a request for one object or value with a number of parts other than one")
+
+// frame appends multipart framing to the output, unless unwrapping.
+func (f *multipartFilter) frame(b []byte) {
+	if f.onPart == nil {
+		f.out = append(f.out, b...)
+	}
+}
+
+// content appends bytes of the body that are not framing: a preamble
+// (before the first part) is dropped when unwrapping.
+func (f *multipartFilter) content(b []byte) {
+	if f.onPart == nil || f.parts > 0 {
+		f.out = append(f.out, b...)
 	}
 }
 
@@ -182,7 +216,7 @@ loop:
 			if !bytes.HasPrefix(data, f.delim) {
 				return 0, errPartLength
 			}
-			f.out = append(f.out, f.delim...)
+			f.frame(f.delim)
 			data = data[len(f.delim):]
 			f.state = mpAfterDelim
 		case mpStart:
@@ -192,7 +226,7 @@ loop:
 				break loop
 			}
 			if bytes.HasPrefix(data, f.dash) {
-				f.out = append(f.out, f.dash...)
+				f.frame(f.dash)
 				data = data[len(f.dash):]
 				f.state = mpAfterDelim
 			} else {
@@ -202,12 +236,13 @@ loop:
 			i := bytes.Index(data, f.delim)
 			if i < 0 {
 				k := partialSuffix(data, [][]byte{f.delim}, len(f.delim))
-				f.out = append(f.out, data[:len(data)-k]...)
+				f.content(data[:len(data)-k])
 				f.hold = append(f.hold, data[len(data)-k:]...)
 				data = nil
 				break loop
 			}
-			f.out = append(f.out, data[:i+len(f.delim)]...)
+			f.content(data[:i])
+			f.frame(f.delim)
 			data = data[i+len(f.delim):]
 			f.state = mpAfterDelim
 		case mpAfterDelim:
@@ -217,7 +252,7 @@ loop:
 				break loop
 			}
 			if data[0] == '-' && data[1] == '-' {
-				f.out = append(f.out, '-', '-')
+				f.frame([]byte("--"))
 				data = data[2:]
 				f.closed = true
 				f.state = mpEpilogue
@@ -241,15 +276,27 @@ loop:
 			}
 			end := from + j + 4
 			f.skip = partLength(f.hdr[:end])
+			f.parts++
+			if f.onPart != nil && f.parts > 1 {
+				return 0, errNotOnePart
+			}
 			if f.check == nil {
-				f.out = f.filterHeader(f.out, f.hdr[:end])
+				if f.onPart != nil {
+					f.onPart(f.hdr[:end])
+				} else {
+					f.out = f.filterHeader(f.out, f.hdr[:end])
+				}
 				data = f.hdr[end:]
 				f.state = mpBody
 				continue
 			}
 			// Hold the part until its object is checked, with the framing
 			// before it: a first part refused leaves nothing sent.
-			f.partHdr = f.filterHeader(append(f.partHdr[:0], f.out...), f.hdr[:end])
+			if f.onPart != nil {
+				f.partHdr = append(f.partHdr[:0], f.hdr[:end]...) // raw, for onPart
+			} else {
+				f.partHdr = f.filterHeader(append(f.partHdr[:0], f.out...), f.hdr[:end])
+			}
 			f.out = f.out[:0]
 			f.part = append(f.part[:0], f.hdr[end:]...)
 			data = nil
@@ -272,7 +319,7 @@ loop:
 				data = f.passPart()
 			}
 		case mpEpilogue:
-			f.out = append(f.out, data...)
+			f.frame(data)
 			data = nil
 		}
 	}
@@ -303,7 +350,11 @@ func (f *multipartFilter) checkPart() (bool, error) {
 // passPart releases a checked part: its header block goes out and its
 // held bytes are returned to be streamed as the part's content.
 func (f *multipartFilter) passPart() []byte {
-	f.out = append(f.out, f.partHdr...)
+	if f.onPart != nil {
+		f.onPart(f.partHdr)
+	} else {
+		f.out = append(f.out, f.partHdr...)
+	}
 	held := f.part
 	f.part, f.spare = f.spare[:0], held
 	f.state = mpBody
@@ -352,7 +403,7 @@ func (f *multipartFilter) filterHeader(dst, hdr []byte) []byte {
 // never reached its close delimiter. A part still held for its check is
 // not written: it was never checked.
 func (f *multipartFilter) Close() error {
-	if len(f.hold) > 0 && f.state != mpCheck {
+	if len(f.hold) > 0 && f.state != mpCheck && f.onPart == nil {
 		if _, err := f.dst.Write(f.hold); err != nil {
 			return err
 		}
@@ -360,6 +411,9 @@ func (f *multipartFilter) Close() error {
 	f.hold, f.hdr, f.part, f.spare = nil, nil, nil, nil
 	if !f.closed {
 		return errTruncated
+	}
+	if f.onPart != nil && f.parts != 1 {
+		return errNotOnePart
 	}
 	return nil
 }
