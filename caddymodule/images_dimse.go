@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -24,27 +23,11 @@ func init() {
 // retrieved once with C-GET (or C-MOVE into the gateway's own C-STORE
 // receiver) into a private, bounded on-disk cache and served from there.
 type DIMSEImages struct {
-	// Address is the PACS's host:port (placeholders resolved at start).
-	Address string `json:"address,omitempty"`
-	// CalledAE is the PACS's AE title; CallingAE the gateway's.
-	CalledAE  string `json:"called_ae,omitempty"`
-	CallingAE string `json:"calling_ae,omitempty"`
-	// RetrieveMethod is "c-get" (default) or "c-move".
-	RetrieveMethod string `json:"retrieve,omitempty"`
-	// MoveDestination is the AE title the PACS sends C-MOVE results to
-	// (default: CallingAE); Listen the address of the gateway's C-STORE
-	// receiver for them.
-	MoveDestination string `json:"move_destination,omitempty"`
-	Listen          string `json:"listen,omitempty"`
-	// CacheDir is where the private cache directory is made (default: the
-	// system temporary directory).
-	CacheDir string `json:"cache_dir,omitempty"`
-	// CacheSize bounds the cache in bytes. Default 20 GiB.
-	CacheSize int64 `json:"cache_size,omitempty"`
-	// CacheTTL is how long a study stays after its last use. Default 1h.
-	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
-	// Timeout bounds connecting and each wait for the PACS. Default 30s.
-	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// Config is the source's own configuration, used as it is: address,
+	// called_ae, calling_ae, retrieve, move_destination, listen,
+	// cache_dir, cache_size, cache_ttl, timeout (placeholders resolved at
+	// start).
+	dimse.Config
 	// Lookup is "studies-by-mrn" (default) or "all-studies".
 	Lookup imagesource.Lookup `json:"lookup,omitempty"`
 
@@ -69,7 +52,7 @@ func (m *DIMSEImages) Provision(ctx caddy.Context) error {
 	}
 	repl := caddy.NewReplacer()
 	var listen func() (net.Listener, error)
-	if m.RetrieveMethod == dimse.CMove && m.Listen != "" {
+	if m.Config.Retrieve == dimse.CMove && m.Listen != "" {
 		// Caddy's listener pool keeps the socket across config reloads;
 		// it is opened with the first C-MOVE, not here (caddy validate
 		// provisions too).
@@ -89,19 +72,15 @@ func (m *DIMSEImages) Provision(ctx caddy.Context) error {
 			return ln, nil
 		}
 	}
-	src, err := dimse.New(dimse.Config{
-		Addr:            repl.ReplaceKnown(m.Address, ""),
-		CalledAE:        repl.ReplaceKnown(m.CalledAE, ""),
-		CallingAE:       repl.ReplaceKnown(m.CallingAE, ""),
-		Retrieve:        m.RetrieveMethod,
-		MoveDestination: repl.ReplaceKnown(m.MoveDestination, ""),
-		Listen:          repl.ReplaceKnown(m.Listen, ""),
-		ListenFunc:      listen,
-		CacheDir:        repl.ReplaceKnown(m.CacheDir, ""),
-		CacheSize:       m.CacheSize,
-		CacheTTL:        time.Duration(m.CacheTTL),
-		Timeout:         time.Duration(m.Timeout),
-	}, ctx.Logger())
+	cfg := m.Config
+	cfg.Addr = repl.ReplaceKnown(m.Addr, "")
+	cfg.CalledAE = repl.ReplaceKnown(m.CalledAE, "")
+	cfg.CallingAE = repl.ReplaceKnown(m.CallingAE, "")
+	cfg.MoveDestination = repl.ReplaceKnown(m.MoveDestination, "")
+	cfg.Listen = repl.ReplaceKnown(m.Listen, "")
+	cfg.ListenFunc = listen
+	cfg.CacheDir = repl.ReplaceKnown(m.CacheDir, "")
+	src, err := dimse.New(cfg, ctx.Logger())
 	if err != nil {
 		return fmt.Errorf("images dimse: %w", err)
 	}
@@ -154,7 +133,7 @@ func (m *DIMSEImages) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.NextArg() {
 		return d.Err("images dimse needs the PACS's host:port (e.g. pacs.internal:104)")
 	}
-	m.Address = d.Val()
+	m.Addr = d.Val()
 	if d.NextArg() {
 		return d.ArgErr()
 	}
@@ -172,7 +151,7 @@ func (m *DIMSEImages) subdirectives() subdirectives {
 	return subdirectives{
 		{"called_ae", oneArg(&m.CalledAE)},
 		{"calling_ae", oneArg(&m.CallingAE)},
-		{"retrieve", oneOf(&m.RetrieveMethod, dimse.CGet, dimse.CMove)},
+		{"retrieve", oneOf(&m.Config.Retrieve, dimse.CGet, dimse.CMove)},
 		{"move_destination", oneArg(&m.MoveDestination)},
 		{"listen", oneArg(&m.Listen)},
 		{"cache_dir", oneArg(&m.CacheDir)},

@@ -25,7 +25,7 @@ func TestDIMSEImagesCaddyfile(t *testing.T) {
 	if err := m.UnmarshalCaddyfile(d); err != nil {
 		t.Fatal(err)
 	}
-	if m.Address != "pacs.internal:104" || m.CalledAE != "PACS" || m.CallingAE != "SMART-IMAGING" || m.RetrieveMethod != "c-move" ||
+	if m.Addr != "pacs.internal:104" || m.CalledAE != "PACS" || m.CallingAE != "SMART-IMAGING" || m.Config.Retrieve != "c-move" ||
 		m.MoveDestination != "SMART-IMAGING-RX" || m.Listen != ":11112" || m.CacheDir != "/var/cache/smart-imaging" ||
 		m.CacheSize != 20<<30 || time.Duration(m.CacheTTL) != 30*time.Minute || time.Duration(m.Timeout) != 10*time.Second ||
 		m.Lookup != "all-studies" {

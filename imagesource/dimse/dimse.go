@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/caddyserver/caddy/v2"
 	"net"
 	"net/http"
 	"os"
@@ -40,34 +41,36 @@ const (
 	DefaultTimeout   = 30 * time.Second
 )
 
-// Config configures a DIMSE source.
+// Config configures a DIMSE source. Its JSON is the Caddy module's (which
+// embeds it): durations as caddy.Duration ("30s"), sizes in bytes.
 type Config struct {
 	// Addr is the PACS's host:port.
-	Addr string
+	Addr string `json:"address,omitempty"`
 	// CalledAE is the PACS's AE title; CallingAE ours.
-	CalledAE, CallingAE string
+	CalledAE  string `json:"called_ae,omitempty"`
+	CallingAE string `json:"calling_ae,omitempty"`
 	// Retrieve is CGet (default) or CMove.
-	Retrieve string
+	Retrieve string `json:"retrieve,omitempty"`
 	// MoveDestination is the AE title the PACS sends C-MOVE results to
 	// (default: CallingAE); Listen is where our receiver listens for them.
-	MoveDestination string
-	Listen          string
+	MoveDestination string `json:"move_destination,omitempty"`
+	Listen          string `json:"listen,omitempty"`
 	// ListenFunc, when set, opens the receiver's listener instead of
 	// listening on Listen (Caddy hands out listeners that survive config
 	// reloads). The receiver starts with the first C-MOVE.
-	ListenFunc func() (net.Listener, error)
+	ListenFunc func() (net.Listener, error) `json:"-"`
 	// CacheDir is where a private cache directory is made (default: the
 	// system temporary directory). It may be shared by several sources and
 	// processes; New removes the cache directories in it that no live
 	// source holds.
-	CacheDir string
+	CacheDir string `json:"cache_dir,omitempty"`
 	// CacheSize bounds the bytes of cached instances. Default 20 GiB.
-	CacheSize int64
+	CacheSize int64 `json:"cache_size,omitempty"`
 	// CacheTTL is how long a study stays cached after its last use.
 	// Default 1h.
-	CacheTTL time.Duration
+	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
 	// Timeout bounds connecting and each wait for the PACS. Default 30s.
-	Timeout time.Duration
+	Timeout caddy.Duration `json:"timeout,omitempty"`
 }
 
 // Source is a DIMSE PACS. Close releases its receiver and cache.
@@ -121,12 +124,12 @@ func New(cfg Config, logger *zap.Logger) (*Source, error) {
 		cfg.CacheSize = DefaultCacheSize
 	}
 	if cfg.CacheTTL <= 0 {
-		cfg.CacheTTL = DefaultCacheTTL
+		cfg.CacheTTL = caddy.Duration(DefaultCacheTTL)
 	}
 	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultTimeout
+		cfg.Timeout = caddy.Duration(DefaultTimeout)
 	}
-	c, err := newCache(cfg.CacheDir, cfg.CacheSize, cfg.CacheTTL, cfg.Timeout, logger)
+	c, err := newCache(cfg.CacheDir, cfg.CacheSize, time.Duration(cfg.CacheTTL), time.Duration(cfg.Timeout), logger)
 	if err != nil {
 		return nil, err
 	}
@@ -158,7 +161,7 @@ func (s *Source) receiver() error {
 		AE:            s.cfg.MoveDestination,
 		AcceptCalling: func(ae string) bool { return strings.EqualFold(strings.TrimSpace(ae), s.cfg.CalledAE) },
 		Store:         s.storeMoved,
-		Timeout:       s.cfg.Timeout,
+		Timeout:       time.Duration(s.cfg.Timeout),
 		OnError: func(err error) {
 			s.log.Warn("dimse image source: C-STORE receiver", zap.Error(err))
 		},
@@ -218,7 +221,7 @@ func (s *Source) Close() error {
 }
 
 func (s *Source) netConfig() dimsenet.Config {
-	return dimsenet.Config{CallingAE: s.cfg.CallingAE, CalledAE: s.cfg.CalledAE, Timeout: s.cfg.Timeout}
+	return dimsenet.Config{CallingAE: s.cfg.CallingAE, CalledAE: s.cfg.CalledAE, Timeout: time.Duration(s.cfg.Timeout)}
 }
 
 // Check opens an association and sends a C-ECHO (readiness).

@@ -3,6 +3,7 @@ package dimse
 import (
 	"bytes"
 	"context"
+	"github.com/caddyserver/caddy/v2"
 	"github.com/smart-imaging/smart_imaging/pacskey"
 	"io"
 	"mime"
@@ -69,7 +70,7 @@ func fakePACS(t *testing.T) (*dimsenet.Provider, string) {
 
 func newSource(t *testing.T, addr string, mod func(*Config)) *Source {
 	t.Helper()
-	cfg := Config{Addr: addr, CalledAE: pacsAE, CallingAE: ourAE, CacheDir: t.TempDir(), Timeout: 5 * time.Second}
+	cfg := Config{Addr: addr, CalledAE: pacsAE, CallingAE: ourAE, CacheDir: t.TempDir(), Timeout: caddy.Duration(5 * time.Second)}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -341,7 +342,7 @@ func TestForeignInstancesAreDropped(t *testing.T) {
 
 func TestPACSFailures(t *testing.T) {
 	p, addr := fakePACS(t)
-	s := newSource(t, addr, func(c *Config) { c.Timeout = 300 * time.Millisecond })
+	s := newSource(t, addr, func(c *Config) { c.Timeout = caddy.Duration(300 * time.Millisecond) })
 	ctx := context.Background()
 	statusOf := func(err error) int {
 		if se, ok := imagesource.AsError(err); ok {
@@ -484,7 +485,7 @@ func TestCacheStaysWithinItsSize(t *testing.T) {
 
 func TestCachedStudiesExpire(t *testing.T) {
 	_, addr := fakePACS(t)
-	s := newSource(t, addr, func(c *Config) { c.CacheTTL = 200 * time.Millisecond })
+	s := newSource(t, addr, func(c *Config) { c.CacheTTL = caddy.Duration(200 * time.Millisecond) })
 	rec := httptest.NewRecorder()
 	if err := s.Retrieve(rec, request(dicomAccept), retrieval(t, "studies/"+ctStudy)); err != nil {
 		t.Fatal(err)
