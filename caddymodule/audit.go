@@ -84,12 +84,12 @@ func (h *Handler) logDecision(r *http.Request, rec *auditRecord, cw *countingWri
 		rec.allowed = false
 		rec.reason = err.Error()
 	}
-	if rec.status == 0 {
-		rec.status = cw.status
-	}
-	if !cw.committed {
-		cw.committed = true
+	if cw.status == 0 {
+		// Nothing was written (an error left to Caddy's error routes):
+		// counted now, still before the client sees anything.
 		h.countRequest(r, rec, rec.status)
+	} else if rec.status == 0 {
+		rec.status = cw.status
 	}
 	ce := h.audit.Check(zapcore.InfoLevel, "decision")
 	if ce == nil {
@@ -132,23 +132,20 @@ func (h *Handler) countRequest(r *http.Request, rec *auditRecord, status int) {
 }
 
 // countingWriter counts the status and body bytes of a response, and calls
-// onCommit once, when the status is committed. It keeps
-// http.ResponseController working (Flush) through Unwrap.
+// onCommit once, when the status is committed (status is then non-zero). It
+// keeps http.ResponseController working (Flush) through Unwrap.
 type countingWriter struct {
 	*caddyhttp.ResponseWriterWrapper
-	status    int
-	bytes     int64
-	committed bool
-	onCommit  func(status int)
+	status   int
+	bytes    int64
+	onCommit func(status int)
 }
 
+// commit records the status of the first header or body write.
 func (c *countingWriter) commit(code int) {
 	c.status = code
-	if !c.committed {
-		c.committed = true
-		if c.onCommit != nil {
-			c.onCommit(code)
-		}
+	if c.onCommit != nil {
+		c.onCommit(code)
 	}
 }
 
