@@ -75,10 +75,11 @@ type Config struct {
 
 // Source is a DIMSE PACS. Close releases its receiver and cache.
 type Source struct {
-	cfg   Config
-	log   *zap.Logger
-	cache *cache
-	ln    *dimsenet.Listener
+	cfg     Config
+	timeout time.Duration // cfg.Timeout, defaulted
+	log     *zap.Logger
+	cache   *cache
+	ln      *dimsenet.Listener
 
 	mu     sync.Mutex
 	moving map[string]*entry // study UID → entry of a C-MOVE in progress
@@ -123,17 +124,18 @@ func New(cfg Config, logger *zap.Logger) (*Source, error) {
 	if cfg.CacheSize <= 0 {
 		cfg.CacheSize = DefaultCacheSize
 	}
-	if cfg.CacheTTL <= 0 {
-		cfg.CacheTTL = caddy.Duration(DefaultCacheTTL)
+	ttl, timeout := time.Duration(cfg.CacheTTL), time.Duration(cfg.Timeout)
+	if ttl <= 0 {
+		ttl = DefaultCacheTTL
 	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = caddy.Duration(DefaultTimeout)
+	if timeout <= 0 {
+		timeout = DefaultTimeout
 	}
-	c, err := newCache(cfg.CacheDir, cfg.CacheSize, time.Duration(cfg.CacheTTL), time.Duration(cfg.Timeout), logger)
+	c, err := newCache(cfg.CacheDir, cfg.CacheSize, ttl, timeout, logger)
 	if err != nil {
 		return nil, err
 	}
-	s := &Source{cfg: cfg, log: logger, cache: c, moving: map[string]*entry{}}
+	s := &Source{cfg: cfg, timeout: timeout, log: logger, cache: c, moving: map[string]*entry{}}
 	return s, nil
 }
 
@@ -161,7 +163,7 @@ func (s *Source) receiver() error {
 		AE:            s.cfg.MoveDestination,
 		AcceptCalling: func(ae string) bool { return strings.EqualFold(strings.TrimSpace(ae), s.cfg.CalledAE) },
 		Store:         s.storeMoved,
-		Timeout:       time.Duration(s.cfg.Timeout),
+		Timeout:       s.timeout,
 		OnError: func(err error) {
 			s.log.Warn("dimse image source: C-STORE receiver", zap.Error(err))
 		},
@@ -221,7 +223,7 @@ func (s *Source) Close() error {
 }
 
 func (s *Source) netConfig() dimsenet.Config {
-	return dimsenet.Config{CallingAE: s.cfg.CallingAE, CalledAE: s.cfg.CalledAE, Timeout: time.Duration(s.cfg.Timeout)}
+	return dimsenet.Config{CallingAE: s.cfg.CallingAE, CalledAE: s.cfg.CalledAE, Timeout: s.timeout}
 }
 
 // Check opens an association and sends a C-ECHO (readiness).

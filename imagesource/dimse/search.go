@@ -7,7 +7,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/suyashkumar/dicom"
 	"github.com/suyashkumar/dicom/pkg/tag"
@@ -105,7 +104,7 @@ func (s *Source) FindStudies(ctx context.Context, q imagesource.Query) ([]images
 			return nil, nil
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, 4*time.Duration(s.cfg.Timeout))
+	ctx, cancel := context.WithTimeout(ctx, 4*s.timeout)
 	defer cancel()
 	a, err := dimsenet.Dial(ctx, s.cfg.Addr, s.netConfig(), dimsenet.QueryContexts())
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/suyashkumar/dicom"
 	"github.com/suyashkumar/dicom/pkg/tag"
@@ -26,7 +25,7 @@ func (s *Source) StudyVersion(ctx context.Context, studyUID string) (string, err
 	if err := wadopath.CheckUID(studyUID); err != nil {
 		return "", imagesource.Errorf(http.StatusBadRequest, "invalid", "study UID is not a valid DICOM UID: %v", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Duration(s.cfg.Timeout))
+	ctx, cancel := context.WithTimeout(ctx, 2*s.timeout)
 	defer cancel()
 	a, err := dimsenet.Dial(ctx, s.cfg.Addr, s.netConfig(), dimsenet.QueryContexts())
 	if err != nil {
