@@ -82,7 +82,7 @@ func attackConfig(pacs *orthanc.Server, ehr *testehr.EHR, logFile, accessLog, re
 				%s
 			}`, ehr.FHIRBase(), atkClientID, atkSecretEnv, atkMRNSystem, extra)
 	}
-	return fmt.Sprintf(testGlobals+`	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 2s
 %[1]s}
 http://localhost:9080 {
 	# The access log as the README recommends: study tokens, /dyn

@@ -19,7 +19,7 @@ const corsViewer = "https://viewer.example.org"
 func corsConfig() string {
 	studies, _ := filepath.Abs("../examples/demo/studies")
 	key := base64.StdEncoding.EncodeToString(testKey)
-	return fmt.Sprintf(testGlobals+`	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 2s
 }
 http://localhost:9080 {
 	handle_path /open/* {

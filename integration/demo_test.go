@@ -48,7 +48,7 @@ func make32(b byte) []byte {
 func demoConfig() string {
 	studies, _ := filepath.Abs("../examples/demo/studies")
 	key := base64.StdEncoding.EncodeToString(testKey)
-	return fmt.Sprintf(testGlobals+`	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 2s
 }
 http://localhost:9080 {
 	handle_path /open/* {

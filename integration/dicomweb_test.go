@@ -37,7 +37,7 @@ const dwPatient = "p-alice"
 // (/broken) and a PACS that is not there (/down).
 func dicomwebConfig(pacs *orthanc.Server, brokenURL string, downPort int) string {
 	key := base64.StdEncoding.EncodeToString(testKey)
-	return fmt.Sprintf(testGlobals+`	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 2s
 }
 http://localhost:9080 {
 	handle_path /pacs/* {

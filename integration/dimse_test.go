@@ -79,7 +79,7 @@ func TestDIMSEFaults(t *testing.T) {
 `, prefix, demoPatient, demoMRN, address, cacheDir, key)
 	}
 	tc := caddytest.NewTester(t)
-	tc.InitServer(testGlobals+"\tgrace_period 1ns\n}\nhttp://localhost:9080 {\n"+
+	tc.InitServer(testGlobals+"\tgrace_period 2s\n}\nhttp://localhost:9080 {\n"+
 		route("/dimse", addr)+route("/nowhere", "127.0.0.1:1")+"}\n", "caddyfile")
 
 	ready := func(prefix string) int {

@@ -55,7 +55,7 @@ func dualConfig(ehr *testehr.EHR, logFile string) string {
 `, prefix, ehr.FHIRBase(), dualGateway, signing, smartMRNSystem, dualApp, dualRedirect, studies,
 			base64.StdEncoding.EncodeToString(testKey))
 	}
-	return testGlobals + globalLogOption(logFile) + "\tgrace_period 1ns\n}\nhttp://localhost:9080 {\n" + route("dual") + route("dual2") +
+	return testGlobals + globalLogOption(logFile) + "\tgrace_period 2s\n}\nhttp://localhost:9080 {\n" + route("dual") + route("dual2") +
 		fmt.Sprintf(`	handle_path /smart/* {
 		smart_imaging {
 			authz smart-on-fhir {

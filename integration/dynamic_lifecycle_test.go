@@ -130,7 +130,7 @@ func dynLifecycleConfig(ehr *testehr.EHR, pacsHost string, maxConfigs int) strin
 		}
 	}`, prefix, demoPatient, demoMRN, key, pacsHost, hostOf(ehr.URL()), maxConfigs, policy)
 	}
-	return testGlobals + "\tgrace_period 1ns\n}\nhttp://localhost:9080 {" +
+	return testGlobals + "\tgrace_period 2s\n}\nhttp://localhost:9080 {" +
 		route("jwt", "validation jwt\n\t\t\t\t\taudience "+ehr.FHIRBase()+"\n\t\t\t\t\ttimeout 3s") +
 		route("introspection", "audience "+ehr.FHIRBase()+"\n\t\t\t\t\ttimeout 3s") + "\n}\n"
 }
@@ -344,7 +344,7 @@ func TestDynamicCredentialsStayOutOfURLsAndLogs(t *testing.T) {
 	tc := caddytest.NewTester(t)
 	// Caddy's own log at DEBUG, filtered as the README says for DEBUG
 	// (Caddy's rewrite handler logs each request's URI there).
-	tc.InitServer(testGlobals+fmt.Sprintf(`	grace_period 1ns
+	tc.InitServer(testGlobals+fmt.Sprintf(`	grace_period 2s
 	log {
 		output file %[1]s
 		level DEBUG

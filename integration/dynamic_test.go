@@ -32,7 +32,7 @@ func TestDynamicConfig(t *testing.T) {
 	key := base64.StdEncoding.EncodeToString(testKey)
 	studies := "../examples/demo/studies"
 	tc := caddytest.NewTester(t)
-	tc.InitServer(fmt.Sprintf(testGlobals+`	grace_period 1ns
+	tc.InitServer(fmt.Sprintf(testGlobals+`	grace_period 2s
 }
 http://localhost:9080 {
 	handle_path /tenants/* {

@@ -63,7 +63,7 @@ func loadConfig(pacs *orthanc.Server, mrns []string, logFile string) string {
 	}
 `, i, i, mrn, pacs.DICOMwebURL(), pacs.Username(), pacs.Password(), key)
 	}
-	return fmt.Sprintf(testGlobals+`	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 2s
 %s}
 http://localhost:9080 {
 %s}

@@ -73,7 +73,7 @@ func TestMetadataCacheAgainstOrthanc(t *testing.T) {
 	}`, path, patient, mrn, pacs.DICOMwebURL(), pacs.Username(), pacs.Password(), key, cache)
 	}
 	tc := caddytest.NewTester(t)
-	tc.InitServer(testGlobals+"\tgrace_period 1ns\n}\nhttp://localhost:9080 {"+
+	tc.InitServer(testGlobals+"\tgrace_period 2s\n}\nhttp://localhost:9080 {"+
 		route("long", "p-a", "MCACHE-A", "metadata_cache {\n size 16MiB\n ttl 1h\n }")+
 		route("short", "p-a", "MCACHE-A", "metadata_cache {\n ttl 1s\n }")+
 		route("other", "p-b", "MCACHE-B", "metadata_cache")+

@@ -53,7 +53,7 @@ func ohifDist(t *testing.T) string {
 // instead of mock).
 func ohifConfig(env *smartEnv, ohif string) string {
 	studies, _ := filepath.Abs("../examples/demo/studies")
-	return fmt.Sprintf(testGlobals+`	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 2s
 }
 http://localhost:9080 {
 	handle_path /ehr/* {

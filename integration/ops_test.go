@@ -177,7 +177,7 @@ func opsErrorsConfig() string {
 			study_token_key %s
 		}
 	}`, demoPatient, demoMRN, studies, base64.StdEncoding.EncodeToString(testKey))
-	return fmt.Sprintf(testGlobals+`	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 2s
 }
 http://localhost:9080 {
 	%[1]s
@@ -223,7 +223,7 @@ func TestOpsHandleErrors(t *testing.T) {
 
 // opsSite wraps smart_imaging options in a minimal Caddyfile.
 func opsSite(options string) string {
-	return testGlobals + `	grace_period 1ns
+	return testGlobals + `	grace_period 2s
 }
 http://localhost:9080 {
 	handle_path /t/* {
@@ -342,7 +342,7 @@ func TestConfigProvisionErrors(t *testing.T) {
 // opsAuditConfig is the demo config with Caddy's default log, and the
 // site's access log, written as JSON to a file.
 func opsAuditConfig(logFile string) string {
-	cfg := strings.Replace(demoConfig(), "\tgrace_period 1ns\n", "\tgrace_period 1ns\n\tlog {\n\t\toutput file "+logFile+"\n\t\tformat json\n\t\tlevel INFO\n\t}\n", 1)
+	cfg := strings.Replace(demoConfig(), "\tgrace_period 2s\n", "\tgrace_period 2s\n\tlog {\n\t\toutput file "+logFile+"\n\t\tformat json\n\t\tlevel INFO\n\t}\n", 1)
 	return strings.Replace(cfg, "http://localhost:9080 {\n", "http://localhost:9080 {\n\tlog {\n\t\toutput file "+logFile+"\n\t\tformat json\n\t}\n", 1)
 }
 

@@ -135,7 +135,7 @@ func TestReferenceLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	tc := caddytest.NewTester(t)
-	tc.InitServer(testGlobals+"\tgrace_period 1ns\n}\n"+string(layout), "caddyfile")
+	tc.InitServer(testGlobals+"\tgrace_period 2s\n}\n"+string(layout), "caddyfile")
 	tok := ehr.IssueToken(testehr.TokenSpec{Patient: demoPatient, Scope: "launch/patient patient/ImagingStudy.rs"})
 	authed := withToken(tc, tok)
 
@@ -287,7 +287,7 @@ func TestReferenceLayout(t *testing.T) {
 		}
 		routes = append(routes, r)
 	}
-	tc.InitServer(testGlobals+"\tgrace_period 1ns\n}\n"+refconfig.Caddyfile("http://localhost:9080", routes, nil), "caddyfile")
+	tc.InitServer(testGlobals+"\tgrace_period 2s\n}\n"+refconfig.Caddyfile("http://localhost:9080", routes, nil), "caddyfile")
 	for tenant, q := range searches {
 		res := search(t, authed, base+"/"+tenant+"/fhir/ImagingStudy"+q)
 		if got := studyAnswer(res); got != routeAnswers[tenant] {

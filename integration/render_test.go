@@ -23,7 +23,7 @@ import (
 func renderConfig(pacsURL, user, password string) string {
 	studies, _ := filepath.Abs(demoStudiesDir)
 	key := base64.StdEncoding.EncodeToString(testKey)
-	return fmt.Sprintf(testGlobals+`	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 2s
 }
 http://localhost:9080 {
 	handle_path /pacs/* {

@@ -50,7 +50,7 @@ func igConfig(env *smartEnv, pacs *orthanc.Server) string {
 	}`, path, env.ehr.FHIRBase(), smartClientID, env.keyFile, smartMRNSystem, extraAuthz,
 			pacs.DICOMwebURL(), pacs.Username(), pacs.Password(), key, extra)
 	}
-	return testGlobals + "\tgrace_period 1ns\n}\nhttp://localhost:9080 {" +
+	return testGlobals + "\tgrace_period 2s\n}\nhttp://localhost:9080 {" +
 		route("ig", "backend_client "+registryApp+" {\n\t\t\t\t\tpatients "+demoPatient+"\n\t\t\t\t}", "") +
 		route("iggrant", "", "study_token_binding grant") +
 		route("ignocache", "cache_ttl 0", "") +

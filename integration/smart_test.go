@@ -116,7 +116,7 @@ func (e *smartEnv) config() string {
 				lookup studies-by-mrn
 			}
 			study_token_key %s`, studies, key)
-	return fmt.Sprintf(testGlobals+`	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 2s
 }
 http://localhost:9080 {
 	handle_path /smart/* {

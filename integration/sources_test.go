@@ -156,7 +156,7 @@ const dimseGatewayAE = "SMART-IMAGING"
 func sourcesConfig(pacs *orthanc.Server, peers ...dimsePeer) string {
 	studies, _ := filepath.Abs("../examples/demo/studies")
 	key := base64.StdEncoding.EncodeToString(testKey)
-	return fmt.Sprintf(testGlobals+`	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 2s
 }
 http://localhost:9080 {
 	handle_path /folder/* {

@@ -59,7 +59,7 @@ func viewerConfig(gatewayEHR string, downPort int) string {
 	studies, _ := filepath.Abs("../examples/demo/studies")
 	viewer, _ := filepath.Abs("../examples/viewer")
 	key := base64.StdEncoding.EncodeToString(testKey)
-	return fmt.Sprintf(testGlobals+`	grace_period 1ns
+	return fmt.Sprintf(testGlobals+`	grace_period 2s
 }
 http://localhost:9080 {
 	handle_path /viewer/* {
